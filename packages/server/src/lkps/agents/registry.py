@@ -1,0 +1,137 @@
+"""Each running worker process of an agent holds its own registration; the agent is
+present while any of them registered or sent a heartbeat within the presence TTL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from lkps.clock import Clock
+from lkps.errors import NotFound
+from lkps.store import Database
+from lkps.store import registrations as queries
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    registration_id: str
+    agent_id: str
+    renewed: bool
+    enforce_client_authz: bool
+    presence_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPresence:
+    agent_id: str
+    enforce_client_authz: bool
+    version: str | None
+
+
+def agent_not_connected(agent_id: str) -> NotFound:
+    return NotFound(
+        f"Agent with app ID '{agent_id}' is not connected",
+        reason="agent has no live registration",
+    )
+
+
+class AgentRegistry:
+    def __init__(
+        self, db: Database, clock: Clock, *, presence_ttl: int, default_enforce: bool
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._ttl = timedelta(seconds=presence_ttl)
+        self._default_enforce = default_enforce
+
+    async def register(
+        self,
+        agent_id: str,
+        *,
+        registration_id: str | None = None,
+        enforce_client_authz: bool | None = None,
+        version: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Registration:
+        """Register a worker, or renew its live registration when it names one."""
+        now = self._clock.now()
+        expires_at = now + self._ttl
+        enforce = self._default_enforce if enforce_client_authz is None else enforce_client_authz
+        async with self._db.session() as session:
+            await queries.upsert_agent(
+                session,
+                agent_id=agent_id,
+                enforce_client_authz=enforce,
+                version=version,
+                metadata_json=json.dumps(metadata, separators=(",", ":")) if metadata else None,
+                now=now,
+            )
+            renewed = registration_id is not None and await queries.renew_registration(
+                session,
+                registration_id=registration_id,
+                agent_id=agent_id,
+                version=version,
+                now=now,
+                expires_at=expires_at,
+            )
+            if not renewed:
+                registration_id = str(uuid.uuid4())
+                await queries.insert_registration(
+                    session,
+                    registration_id=registration_id,
+                    agent_id=agent_id,
+                    version=version,
+                    now=now,
+                    expires_at=expires_at,
+                )
+        assert registration_id is not None
+        return Registration(registration_id, agent_id, renewed, enforce, expires_at)
+
+    async def heartbeat(self, agent_id: str, registration_id: str | None) -> datetime:
+        now = self._clock.now()
+        expires_at = now + self._ttl
+        async with self._db.session() as session:
+            touched = await queries.touch_registrations(
+                session,
+                agent_id=agent_id,
+                registration_id=registration_id,
+                now=now,
+                expires_at=expires_at,
+            )
+        if not touched:
+            which = f"Registration '{registration_id}'" if registration_id else "The agent"
+            raise NotFound(
+                f"{which} is not registered or its presence expired; register again",
+                reason="heartbeat for no live registration",
+            )
+        return expires_at
+
+    async def deregister(
+        self, agent_id: str, registration_id: str | None, *, reason: str = "deregistered"
+    ) -> list[str]:
+        async with self._db.session() as session:
+            return await queries.end_registrations(
+                session,
+                agent_id=agent_id,
+                registration_id=registration_id,
+                now=self._clock.now(),
+                reason=reason,
+            )
+
+    async def presence(self, agent_id: str) -> AgentPresence | None:
+        async with self._db.session() as session:
+            facts = await queries.present_agent(session, agent_id, self._clock.now())
+        if facts is None:
+            return None
+        return AgentPresence(agent_id, facts.enforce_client_authz, facts.version)
+
+    async def claim_expired(self, limit: int = 500) -> list[tuple[str, str]]:
+        async with self._db.session() as session:
+            return await queries.claim_expired(session, now=self._clock.now(), limit=limit)
+
+    async def reopen(self, registration_ids: list[str]) -> None:
+        async with self._db.session() as session:
+            await queries.reopen_registrations(session, registration_ids)

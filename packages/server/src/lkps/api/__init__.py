@@ -1,0 +1,1 @@
+"""HTTP: thin routers that translate requests into domain calls and errors into JSON."""

@@ -1,0 +1,34 @@
+"""Dependency aliases for routers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Security
+from fastapi.security import HTTPBearer
+from starlette.requests import Request
+
+from lkps.api.middleware import request_id_of
+from lkps.audit import RequestContext
+from lkps.services import Services
+
+# Documents the bearer scheme in OpenAPI; validation itself happens inside the
+# audited block of each endpoint, so that a rejected token is audited too.
+bearer_scheme = HTTPBearer(auto_error=False, description="A Microsoft Entra ID access token")
+BearerDoc = Security(bearer_scheme)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_request_context(request: Request) -> RequestContext:
+    client = request.client
+    return RequestContext(
+        request_id=request_id_of(request.scope), client_ip=client.host if client else None
+    )
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+RequestContextDep = Annotated[RequestContext, Depends(get_request_context)]

@@ -1,0 +1,60 @@
+"""The ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from lkps import __version__
+from lkps.api import agents, health, sessions
+from lkps.api.errors import install_error_handlers
+from lkps.api.middleware import RequestIdMiddleware
+from lkps.authorization import AuthorizationSource
+from lkps.clock import Clock
+from lkps.config import Settings
+from lkps.services import running_services
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    jwks_transport: httpx.AsyncBaseTransport | None = None,
+    mounts: Mapping[str, ASGIApp] | None = None,
+    authorization_source: AuthorizationSource | None = None,
+) -> FastAPI:
+    """Build LKPS. `jwks_transport` and `mounts` exist for `lkps dev`, which serves its
+    development identity provider from the same process; `authorization_source`
+    replaces the configured one (tests, embedding)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_services(
+            settings,
+            clock=clock,
+            jwks_transport=jwks_transport,
+            authorization_source=authorization_source,
+        ) as services:
+            app.state.services = services
+            yield
+
+    app = FastAPI(
+        title="LiveKit Platform Service",
+        version=__version__,
+        summary="Entra ID-authenticated LiveKit sessions and agent registration",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    for router in (health.router, sessions.router, agents.router):
+        app.include_router(router)
+    for path, mounted in (mounts or {}).items():
+        app.mount(path, mounted)
+    return app

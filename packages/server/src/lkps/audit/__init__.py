@@ -1,0 +1,19 @@
+"""The audit trail: append-only, hash-chained, written before the response it records."""
+
+from lkps.audit.chain import ChainVerification, verify_chain
+from lkps.audit.log import AuditLog, AuditUnavailable
+from lkps.audit.records import AuditEntry, AuditEvent, AuditRecord, Outcome
+from lkps.audit.scope import AuditScope, RequestContext
+
+__all__ = [
+    "AuditEntry",
+    "AuditEvent",
+    "AuditLog",
+    "AuditRecord",
+    "AuditScope",
+    "AuditUnavailable",
+    "ChainVerification",
+    "Outcome",
+    "RequestContext",
+    "verify_chain",
+]

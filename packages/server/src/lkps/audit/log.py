@@ -1,0 +1,138 @@
+"""The audit writer: durable, ordered, and fast enough for the session-start path.
+
+Appends from concurrent requests are queued to one writer task per process, which
+commits them in batches (group commit): one transaction locks the chain head, chains
+and inserts every queued record, and moves the head. Each request waits for the commit
+that holds its record, so nothing is answered before its record is durable, and a
+failed commit fails every request in that batch with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from lkps.audit.chain import ChainVerification, canonical_json, record_hash, verify_chain
+from lkps.audit.records import AuditEntry, AuditRecord
+from lkps.errors import ServiceUnavailable
+from lkps.store import Database, StoreUnavailable
+from lkps.store import audit as queries
+from lkps.store.engine import UNAVAILABLE_MESSAGE
+
+log = logging.getLogger(__name__)
+
+_Pending = tuple[AuditEntry, "asyncio.Future[AuditRecord]"]
+
+
+class AuditUnavailable(ServiceUnavailable):
+    def __init__(self, reason: str) -> None:
+        super().__init__(UNAVAILABLE_MESSAGE, reason=f"audit write failed: {reason}")
+
+
+class AuditLog:
+    def __init__(self, db: Database, *, max_batch: int = 256, write_timeout: float = 10.0) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._write_timeout = write_timeout
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.batches_written = 0
+
+    @property
+    def running(self) -> bool:
+        return self._writer is not None and not self._writer.done()
+
+    async def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._run(), name="lkps-audit-writer")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._writer is None:
+            return
+        self._queue.put_nowait(None)
+        await self._writer
+        self._writer = None
+
+    async def append(self, entry: AuditEntry) -> AuditRecord:
+        """Returns once the record is committed; raises `AuditUnavailable` otherwise."""
+        if not self.running:
+            raise AuditUnavailable("writer is not running")
+        future: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((entry, future))
+        return await future
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                records = await self._write([entry for entry, _ in batch])
+        except (StoreUnavailable, TimeoutError) as exc:
+            failure = AuditUnavailable(type(exc).__name__)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        self.batches_written += 1
+        for (_, future), record in zip(batch, records, strict=True):
+            if not future.done():
+                future.set_result(record)
+
+    async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
+        async with self._db.session() as session:
+            seq, previous = await queries.lock_chain_head(session)
+            rows: list[dict[str, Any]] = []
+            for entry in entries:
+                seq += 1
+                row = asdict(entry)
+                row["event"] = str(entry.event)
+                row["outcome"] = str(entry.outcome)
+                row["details"] = canonical_json(entry.details) if entry.details else None
+                row["seq"] = seq
+                row["prev_hash"] = previous
+                row["hash"] = previous = record_hash(row)
+                rows.append(row)
+            await queries.insert_records(session, rows)
+            await queries.advance_chain_head(session, seq, previous)
+        return [AuditRecord(**row) for row in rows]
+
+    # Reading, for operators.
+
+    async def records(
+        self, *, after: int = 0, up_to: int | None = None, page_size: int = 1000
+    ) -> AsyncIterator[AuditRecord]:
+        while True:
+            async with self._db.session() as session:
+                page = await queries.records_after(session, after, page_size, up_to=up_to)
+            if not page:
+                return
+            for record in page:
+                yield record
+            after = page[-1].seq
+
+    async def latest(self, limit: int) -> list[AuditRecord]:
+        async with self._db.session() as session:
+            return await queries.latest_records(session, limit)
+
+    async def verify(self) -> ChainVerification:
+        async with self._db.session() as session:
+            head_seq, head_hash = await queries.read_chain_head(session)
+        # Records appended while we read lie beyond the head we saw; leave them out.
+        return await verify_chain(self.records(up_to=head_seq), head_seq, head_hash)

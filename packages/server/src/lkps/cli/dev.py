@@ -1,0 +1,170 @@
+"""`lkps dev`: LKPS on a laptop, with its own development identity provider.
+
+The identity provider comes from `lkps-testkit` (never in a production install); its
+RSA key lives in the state folder so that `lkps dev token` in another terminal signs
+tokens the running instance accepts. Dev tokens name the development tenant, which
+every non-dev configuration refuses (`Settings.check_servable`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import typer
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from lkps.authorization.file import write_authorization_file
+from lkps.cli.common import fail, load_settings
+from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, Settings
+from lkps.logs import configure_logging
+
+if TYPE_CHECKING:
+    from lkps_testkit.entra import EntraDouble
+
+# A client application and an agent that the dev allow-list pre-authorizes together,
+# so the README walk-through works on the first try.
+DEV_CLIENT_ID = "00000000-0000-4000-8000-00000000c11e"
+DEV_AGENT_ID = "00000000-0000-4000-8000-0000000a9e47"
+DEV_LIVEKIT_URL = "ws://127.0.0.1:7880"  # `livekit-server --dev`
+DEV_LIVEKIT_KEY, DEV_LIVEKIT_SECRET = "devkey", "secret"  # `livekit-server --dev`'s pair
+
+STATE_DIR_OPTION = typer.Option(
+    Path("var/dev"), "--state-dir", help="Dev signing key and allow-list"
+)
+
+app = typer.Typer(help="Run LKPS for development, and mint tokens it accepts.")
+
+
+def identity_provider(state_dir: Path) -> EntraDouble:
+    try:
+        from lkps_testkit.entra import EntraDouble, SigningKey
+    except ImportError:
+        fail("`lkps dev` needs the lkps-testkit distribution (uv sync installs it)")
+    key_file = state_dir / "idp-signing-key.pem"
+    if key_file.exists():
+        key = SigningKey.from_pem(key_file.read_bytes())
+    else:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        key = SigningKey.generate()
+        key_file.write_bytes(key.to_pem())
+        key_file.chmod(0o600)
+    return EntraDouble(tenant_id=DEV_TENANT_ID, keys=[key], user_domain="dev.lkps.example")
+
+
+def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Settings:
+    if not base.is_dev:
+        fail(
+            f"`lkps dev` refuses LKPS_ENV={base.env}: its identity provider is for development only"
+        )
+    update: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "entra_tenant_id": DEV_TENANT_ID,
+        "entra_audiences": [DEV_AUDIENCE],
+        "entra_jwks_url": f"http://{host}:{port}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/discovery/v2.0/keys",
+        "livekit_url": base.livekit_url or DEV_LIVEKIT_URL,
+        "livekit_api_key": base.livekit_api_key or DEV_LIVEKIT_KEY,
+    }
+    if not base.livekit_api_secret.get_secret_value():
+        update["livekit_api_secret"] = type(base.livekit_api_secret)(DEV_LIVEKIT_SECRET)
+    if base.effective_authz_source == "file" and base.authz_file is None:
+        authz_file = state_dir / "authz.json"
+        if not authz_file.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            write_authorization_file(authz_file, {DEV_AGENT_ID: [DEV_CLIENT_ID]})
+        update["authz_source"] = "file"
+        update["authz_file"] = authz_file
+    return base.model_copy(update=update)
+
+
+@app.callback(invoke_without_command=True)
+def dev(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="Bind address"),
+    port: int = typer.Option(8080, help="Port"),
+    state_dir: Path = STATE_DIR_OPTION,
+) -> None:
+    """Start LKPS with SQLite and the development identity provider."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from lkps.app import create_app
+
+    settings = dev_settings(load_settings(), host=host, port=port, state_dir=state_dir)
+    idp = identity_provider(state_dir)
+    idp_app = Starlette(routes=[Mount(DEV_JWKS_PATH, idp.asgi_app())])
+    configure_logging(settings.log_level)
+    # `livekit-server --dev` signs with a 6-byte secret; PyJWT warns about it on each token.
+    warnings.filterwarnings("ignore", message="The HMAC key is")
+    application = create_app(
+        settings,
+        jwks_transport=httpx.ASGITransport(app=idp_app),
+        mounts={DEV_JWKS_PATH: idp.asgi_app()},
+    )
+    typer.echo(_banner(settings, state_dir))
+    uvicorn.run(
+        application, host=host, port=port, log_config=None, access_log=False, server_header=False
+    )
+
+
+@app.command("token")
+def token(
+    user: str | None = typer.Option(None, help="A signed-in user (delegated token)"),
+    app_id: str | None = typer.Option(None, "--app", help="A client app (app-only token)"),
+    agent: str | None = typer.Option(None, help="An agent (app-only token)"),
+    client_id: str = typer.Option(DEV_CLIENT_ID, help="For --user: the client app signed in to"),
+    role: list[str] = typer.Option([], "--role", help="App role to include (repeatable)"),
+    v1: bool = typer.Option(False, "--v1", help="Issue a v1.0 token instead of v2.0"),
+    ttl: int = typer.Option(3600, help="Lifetime in seconds"),
+    state_dir: Path = STATE_DIR_OPTION,
+) -> None:
+    """Print an access token that `lkps dev` accepts."""
+    chosen = [option for option in (user, app_id, agent) if option]
+    if len(chosen) != 1:
+        fail("give exactly one of --user, --app or --agent")
+    if not load_settings().is_dev:
+        fail("`lkps dev token` only runs with LKPS_ENV=dev")
+    idp = identity_provider(state_dir)
+    version = "1.0" if v1 else "2.0"
+    if user:
+        jwt = idp.user_token(
+            audience=DEV_AUDIENCE,
+            client_app_id=client_id,
+            username=user,
+            version=version,
+            roles=role,
+            lifetime=ttl,
+        )
+    else:
+        jwt = idp.app_token(
+            audience=DEV_AUDIENCE,
+            client_app_id=str(app_id or agent),
+            version=version,
+            roles=role,
+            lifetime=ttl,
+        )
+    typer.echo(jwt)
+
+
+def _banner(settings: Settings, state_dir: Path) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    return f"""
+LKPS dev instance (LKPS_ENV=dev; development identity provider)
+  API            {base}/api        docs: {base}/api/docs
+  health         {base}/api/health/ready
+  dev JWKS       {settings.jwks_url}
+  LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key})
+  database       {settings.database_url}
+  allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
+
+Try it (another terminal, same folder):
+  AGENT_TOKEN=$(uv run lkps dev token --agent {DEV_AGENT_ID})
+  curl -s -X POST {base}/api/agent/register -H "Authorization: Bearer $AGENT_TOKEN"
+  USER_TOKEN=$(uv run lkps dev token --user alice)
+  curl -s -X POST {base}/api/session/start -H "Authorization: Bearer $USER_TOKEN" \\
+       -H 'Content-Type: application/json' -d '{{"agent_entra_app_id": "{DEV_AGENT_ID}"}}'
+"""

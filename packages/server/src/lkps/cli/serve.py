@@ -1,0 +1,41 @@
+"""`lkps serve`: the service, configured from the environment."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+import uvicorn
+
+from lkps.cli.common import fail, load_settings
+from lkps.config import ConfigurationError
+from lkps.logs import configure_logging
+
+
+def serve(
+    host: str | None = typer.Option(None, help="Bind address [LKPS_HOST]"),
+    port: int | None = typer.Option(None, help="Port [LKPS_PORT]"),
+    workers: int | None = typer.Option(None, help="Worker processes [LKPS_WORKERS]"),
+) -> None:
+    """Run LKPS from its LKPS_* configuration."""
+    # Worker processes build their settings from the environment, so options go there.
+    for name, value in {"LKPS_HOST": host, "LKPS_PORT": port, "LKPS_WORKERS": workers}.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    settings = load_settings()
+    try:
+        settings.check_servable()
+    except ConfigurationError as exc:
+        fail(f"cannot serve: {exc}")
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        "lkps.asgi:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,168 @@
+"""The one typed settings object, read from `LKPS_*` environment variables.
+
+Everything tunable lives here so that a deployment is described by its environment
+alone (contract §4). Values that only make sense together are checked together in
+`Settings.check_servable`, which `lkps serve` calls before it binds a port.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Environment = Literal["dev", "np", "prod"]
+AuthzSource = Literal["graph", "file"]
+
+# The development identity provider's tenant. Its tokens are accepted only by an
+# instance running with LKPS_ENV=dev; every other instance refuses to start with it.
+DEV_TENANT_ID = "00000000-0000-4000-8000-00000000de70"
+DEV_AUDIENCE = "api://lkps-dev"
+DEV_JWKS_PATH = "/dev/idp"
+
+DEFAULT_CWID_CLAIMS = ("cwid", "onprem_sam_account_name", "preferred_username", "upn", "oid")
+
+
+class ConfigurationError(ValueError):
+    """The settings cannot run a service: names every problem at once."""
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LKPS_", extra="ignore", frozen=True)
+
+    env: Environment = "dev"
+
+    # LiveKit: the credentials only LKPS ever holds.
+    livekit_url: str = ""
+    livekit_api_key: str = ""
+    livekit_api_secret: SecretStr = SecretStr("")
+
+    # Entra ID token validation (contract §1).
+    entra_tenant_id: str = ""
+    entra_audiences: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    entra_jwks_url: str = ""
+    entra_authority: str = "https://login.microsoftonline.com"
+    entra_leeway_seconds: int = Field(default=60, ge=0, le=60)
+    entra_jwks_refresh_cooldown_seconds: float = Field(default=60.0, ge=1.0)
+    entra_jwks_refresh_interval_seconds: float = Field(default=3600.0, ge=10.0)
+    entra_jwks_timeout_seconds: float = Field(default=5.0, gt=0)
+    verified_token_cache_size: int = Field(default=10_000, ge=0)
+    cwid_claims: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CWID_CLAIMS)
+    )
+    agent_role: str = ""
+
+    # LKPS's own app registration (its app-only Microsoft Graph token).
+    entra_client_id: str = ""
+    entra_client_secret: SecretStr = SecretStr("")
+    entra_client_certificate_path: Path | None = None
+    graph_url: str = "https://graph.microsoft.com"
+
+    # Client-to-agent authorization.
+    authz_source: AuthzSource | None = None
+    authz_file: Path | None = None
+    default_enforce_client_authz: bool = True
+
+    # Store.
+    database_url: str = "sqlite+aiosqlite:///./var/lkps.db"
+    database_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Rooms and lifetimes.
+    room_max_participants: int = Field(default=2, ge=1, le=1000)
+    participant_token_ttl: int = Field(default=900, ge=30, le=86_400)
+    agent_token_ttl: int = Field(default=3600, ge=60, le=86_400)
+    presence_ttl: int = Field(default=90, ge=5)
+    heartbeat_interval: int = Field(default=30, ge=1)
+
+    # HTTP.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65_535)
+    workers: int = Field(default=1, ge=1, le=64)
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+    log_level: str = "INFO"
+
+    @field_validator("entra_audiences", "cwid_claims", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("entra_tenant_id")
+    @classmethod
+    def _lowercase_tenant(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @field_validator("entra_authority", "graph_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def is_dev(self) -> bool:
+        return self.env == "dev"
+
+    @property
+    def jwks_url(self) -> str:
+        if self.entra_jwks_url:
+            return self.entra_jwks_url
+        return f"{self.entra_authority}/{self.entra_tenant_id}/discovery/v2.0/keys"
+
+    @property
+    def accepted_issuers(self) -> frozenset[str]:
+        """v2 and v1 issuers of the configured tenant (contract §1)."""
+        tenant = self.entra_tenant_id
+        return frozenset(
+            {
+                f"https://login.microsoftonline.com/{tenant}/v2.0",
+                f"https://sts.windows.net/{tenant}/",
+                f"{self.entra_authority}/{tenant}/v2.0",
+            }
+        )
+
+    @property
+    def effective_authz_source(self) -> AuthzSource:
+        if self.authz_source is not None:
+            return self.authz_source
+        return "file" if self.is_dev else "graph"
+
+    def check_servable(self) -> None:
+        """Refuse a configuration that would run an insecure or broken service."""
+        problems: list[str] = []
+        required = {
+            "LKPS_LIVEKIT_URL": self.livekit_url,
+            "LKPS_LIVEKIT_API_KEY": self.livekit_api_key,
+            "LKPS_LIVEKIT_API_SECRET": self.livekit_api_secret.get_secret_value(),
+            "LKPS_ENTRA_TENANT_ID": self.entra_tenant_id,
+        }
+        problems += [f"{name} is required" for name, value in required.items() if not value]
+        secret = self.livekit_api_secret.get_secret_value()
+        if secret and len(secret) < 32 and not self.is_dev:
+            problems.append("LKPS_LIVEKIT_API_SECRET must be at least 32 characters")
+        if not self.entra_audiences:
+            problems.append("LKPS_ENTRA_AUDIENCES is required")
+        if not self.cwid_claims:
+            problems.append("LKPS_CWID_CLAIMS must name at least one claim")
+        if self.heartbeat_interval >= self.presence_ttl:
+            problems.append("LKPS_HEARTBEAT_INTERVAL must be shorter than LKPS_PRESENCE_TTL")
+        if self.effective_authz_source == "file" and self.authz_file is None:
+            problems.append("LKPS_AUTHZ_FILE is required when LKPS_AUTHZ_SOURCE=file")
+        if self.effective_authz_source == "graph" and not self.entra_client_id:
+            problems.append("LKPS_ENTRA_CLIENT_ID is required when LKPS_AUTHZ_SOURCE=graph")
+        if self.database_url.startswith("sqlite") and self.workers > 1:
+            problems.append("SQLite serves one worker process; use PostgreSQL for LKPS_WORKERS>1")
+        if not self.is_dev:
+            if self.entra_tenant_id == DEV_TENANT_ID:
+                problems.append("the development tenant is only trusted with LKPS_ENV=dev")
+            if DEV_JWKS_PATH in self.jwks_url or DEV_AUDIENCE in self.entra_audiences:
+                problems.append(
+                    "the development identity provider is only trusted with LKPS_ENV=dev"
+                )
+        if problems:
+            raise ConfigurationError("; ".join(problems))

@@ -1,0 +1,207 @@
+"""The long-lived parts of a running LKPS, built once by the application lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+
+from lkps.agents import AgentRegistry
+from lkps.audit import (
+    AuditEntry,
+    AuditEvent,
+    AuditLog,
+    AuditScope,
+    AuditUnavailable,
+    Outcome,
+    RequestContext,
+)
+from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthorizationSource
+from lkps.clock import Clock, SystemClock
+from lkps.config import ConfigurationError, Settings
+from lkps.identity import JwksCache, TokenValidator
+from lkps.livekit import TokenMinter
+from lkps.sessions import SessionService
+from lkps.store import Database
+from lkps.store.engine import is_sqlite
+from lkps.store.migrate import current_revision, head_revision, upgrade_async
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    db: Database
+    audit: AuditLog
+    jwks: JwksCache
+    identity: TokenValidator
+    authorizer: ClientAuthorizer
+    registry: AgentRegistry
+    sessions: SessionService
+    minter: TokenMinter
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def audit_scope(
+        self,
+        event: AuditEvent,
+        context: RequestContext,
+        *,
+        failure_message: str = "Internal server error",
+        granted_status: int = 200,
+    ) -> AuditScope:
+        return AuditScope(
+            self.audit,
+            self.clock,
+            event,
+            context,
+            failure_message=failure_message,
+            granted_status=granted_status,
+        )
+
+
+def build_authorization_source(settings: Settings) -> AuthorizationSource:
+    if settings.effective_authz_source == "file":
+        if settings.authz_file is None:
+            raise ConfigurationError("LKPS_AUTHZ_FILE is required when LKPS_AUTHZ_SOURCE=file")
+        return FileAuthorizationSource(settings.authz_file)
+    raise ConfigurationError("LKPS_AUTHZ_SOURCE=graph is not available in this build yet")
+
+
+async def prepare_database(settings: Settings, db_url: str) -> None:
+    """SQLite installs migrate themselves; elsewhere `lkps db upgrade` is an explicit step."""
+    if is_sqlite(db_url):
+        await upgrade_async(db_url)
+        return
+    try:
+        revision = await current_revision(db_url)
+    except Exception as exc:  # the store may come up later; readiness reports it
+        log.warning("could not read the schema revision", extra={"error": type(exc).__name__})
+        return
+    if revision != head_revision():
+        raise ConfigurationError(
+            f"database schema is at {revision or 'nothing'}, LKPS needs {head_revision()}: "
+            "run `lkps db upgrade`"
+        )
+
+
+@asynccontextmanager
+async def running_services(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    jwks_transport: httpx.AsyncBaseTransport | None = None,
+    authorization_source: AuthorizationSource | None = None,
+) -> AsyncIterator[Services]:
+    clock = clock or SystemClock()
+    await prepare_database(settings, settings.database_url)
+    db = Database.from_url(settings.database_url, timeout=settings.database_timeout_seconds)
+    audit = AuditLog(db)
+    async with httpx.AsyncClient(transport=jwks_transport) as http:
+        jwks = JwksCache(
+            settings.jwks_url,
+            http,
+            clock,
+            refresh_cooldown=settings.entra_jwks_refresh_cooldown_seconds,
+            refresh_interval=settings.entra_jwks_refresh_interval_seconds,
+            timeout=settings.entra_jwks_timeout_seconds,
+        )
+        minter = TokenMinter(
+            settings.livekit_api_key, settings.livekit_api_secret.get_secret_value(), clock
+        )
+        registry = AgentRegistry(
+            db,
+            clock,
+            presence_ttl=settings.presence_ttl,
+            default_enforce=settings.default_enforce_client_authz,
+        )
+        authorizer = ClientAuthorizer(authorization_source or build_authorization_source(settings))
+        services = Services(
+            settings=settings,
+            clock=clock,
+            db=db,
+            audit=audit,
+            jwks=jwks,
+            identity=TokenValidator(
+                jwks,
+                clock,
+                tenant_id=settings.entra_tenant_id,
+                audiences=settings.entra_audiences,
+                issuers=settings.accepted_issuers,
+                cwid_claims=settings.cwid_claims,
+                leeway_seconds=settings.entra_leeway_seconds,
+                cache_size=settings.verified_token_cache_size,
+            ),
+            authorizer=authorizer,
+            registry=registry,
+            sessions=SessionService(
+                registry,
+                authorizer,
+                minter,
+                clock,
+                livekit_url=settings.livekit_url,
+                max_participants=settings.room_max_participants,
+                participant_token_ttl=settings.participant_token_ttl,
+            ),
+            minter=minter,
+        )
+        await audit.start()
+        await jwks.refresh()
+        services.background += [
+            asyncio.create_task(jwks.run_background_refresh(), name="lkps-jwks-refresh"),
+            asyncio.create_task(_expire_registrations(services), name="lkps-presence-sweeper"),
+        ]
+        try:
+            yield services
+        finally:
+            for task in services.background:
+                task.cancel()
+            for task in services.background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await audit.stop()
+            await db.dispose()
+
+
+async def _expire_registrations(services: Services) -> None:
+    """Record each registration whose presence lapsed, once, in the audit trail.
+
+    Presence itself never depends on this sweep: a session start compares
+    `expires_at` with the clock. The sweep only makes the lapse visible.
+    """
+    interval = max(1.0, services.settings.presence_ttl / 3)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweep_expired_registrations(services)
+        except Exception:
+            log.exception("presence sweep failed; will retry")
+
+
+async def sweep_expired_registrations(services: Services) -> int:
+    expired = await services.registry.claim_expired()
+    for registration_id, agent_id in expired:
+        entry = AuditEntry(
+            event=AuditEvent.AGENT_EXPIRE,
+            outcome=Outcome.RECORDED,
+            status=0,
+            occurred_at=services.clock.now(),
+            record_id=str(uuid.uuid4()),
+            reason="no register or heartbeat within the presence TTL",
+            agent_id=agent_id,
+            registration_id=registration_id,
+        )
+        try:
+            await services.audit.append(entry)
+        except AuditUnavailable:
+            done = expired.index((registration_id, agent_id))
+            await services.registry.reopen([r for r, _ in expired[done:]])
+            raise
+    return len(expired)

@@ -1,0 +1,75 @@
+"""Audit-trail queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lkps.audit.records import AuditRecord
+from lkps.store.models import AuditChainHead, AuditRecordRow
+
+_HEAD_ID = 1
+_COLUMNS = [column.key for column in AuditRecordRow.__table__.columns]
+
+
+async def lock_chain_head(session: AsyncSession) -> tuple[int, str]:
+    """The chain head, locked until the transaction ends (PostgreSQL `FOR UPDATE`;
+    SQLite serialises writers by itself)."""
+    row = (
+        await session.execute(
+            select(AuditChainHead.seq, AuditChainHead.hash)
+            .where(AuditChainHead.id == _HEAD_ID)
+            .with_for_update()
+        )
+    ).one()
+    return int(row.seq), str(row.hash)
+
+
+async def read_chain_head(session: AsyncSession) -> tuple[int, str]:
+    row = (
+        await session.execute(
+            select(AuditChainHead.seq, AuditChainHead.hash).where(AuditChainHead.id == _HEAD_ID)
+        )
+    ).one()
+    return int(row.seq), str(row.hash)
+
+
+async def insert_records(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    await session.execute(insert(AuditRecordRow), list(rows))
+
+
+async def advance_chain_head(session: AsyncSession, seq: int, hash_: str) -> None:
+    await session.execute(
+        update(AuditChainHead).where(AuditChainHead.id == _HEAD_ID).values(seq=seq, hash=hash_)
+    )
+
+
+async def records_after(
+    session: AsyncSession, after_seq: int, limit: int, *, up_to: int | None = None
+) -> list[AuditRecord]:
+    """Up to `limit` records with `seq > after_seq`, oldest first (keyset paging)."""
+    query = select(AuditRecordRow).where(AuditRecordRow.seq > after_seq)
+    if up_to is not None:
+        query = query.where(AuditRecordRow.seq <= up_to)
+    result = await session.execute(query.order_by(AuditRecordRow.seq).limit(limit))
+    return [_to_record(row) for row in result.scalars()]
+
+
+async def latest_records(session: AsyncSession, limit: int) -> list[AuditRecord]:
+    result = await session.execute(
+        select(AuditRecordRow).order_by(AuditRecordRow.seq.desc()).limit(limit)
+    )
+    return [_to_record(row) for row in reversed(result.scalars().all())]
+
+
+async def count_records(session: AsyncSession) -> int:
+    return int(
+        (await session.execute(select(func.count()).select_from(AuditRecordRow))).scalar_one()
+    )
+
+
+def _to_record(row: AuditRecordRow) -> AuditRecord:
+    return AuditRecord(**{name: getattr(row, name) for name in _COLUMNS})

@@ -1,0 +1,87 @@
+"""Tables. Changing one means adding an Alembic revision under `migrations/versions`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from lkps.store.types import UTCDateTime
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class AgentRow(Base):
+    """One row per agent app id; what the latest registration said about the agent."""
+
+    __tablename__ = "agents"
+
+    agent_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    enforce_client_authz: Mapped[bool] = mapped_column(Boolean)
+    version: Mapped[str | None] = mapped_column(String(128))
+    metadata_json: Mapped[str | None] = mapped_column(Text)
+    first_registered_at: Mapped[datetime]
+    last_registered_at: Mapped[datetime]
+
+
+class RegistrationRow(Base):
+    """One running worker process of an agent. Live while `ended_at` is null and
+    `expires_at` is in the future."""
+
+    __tablename__ = "agent_registrations"
+    __table_args__ = (Index("ix_agent_registrations_agent_expires", "agent_id", "expires_at"),)
+
+    registration_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(36), ForeignKey("agents.agent_id"))
+    version: Mapped[str | None] = mapped_column(String(128))
+    registered_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class AuditRecordRow(Base):
+    """Append-only: database triggers refuse UPDATE and DELETE; the hash chain shows
+    any change made around them."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (
+        Index("ix_audit_records_occurred_at", "occurred_at"),
+        Index("ix_audit_records_agent_id", "agent_id"),
+        Index("ix_audit_records_event", "event"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    record_id: Mapped[str] = mapped_column(String(36), unique=True)
+    occurred_at: Mapped[datetime]
+    event: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    actor_tenant_id: Mapped[str | None] = mapped_column(String(64))
+    actor_object_id: Mapped[str | None] = mapped_column(String(64))
+    actor_cwid: Mapped[str | None] = mapped_column(String(256))
+    client_app_id: Mapped[str | None] = mapped_column(String(64))
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+    room_name: Mapped[str | None] = mapped_column(String(512))
+    registration_id: Mapped[str | None] = mapped_column(String(36))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The single row every audit writer locks: the last sequence number and hash."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

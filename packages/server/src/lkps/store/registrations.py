@@ -1,0 +1,187 @@
+"""Agent and registration queries. A registration is live while `ended_at` is null and
+`expires_at` is in the future; presence is therefore a query, not a flag to keep in sync."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lkps.store.models import AgentRow, RegistrationRow
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFacts:
+    enforce_client_authz: bool
+    version: str | None
+
+
+def _live(now: datetime) -> list[ColumnElement[bool]]:
+    return [RegistrationRow.ended_at.is_(None), RegistrationRow.expires_at > now]
+
+
+async def upsert_agent(
+    session: AsyncSession,
+    *,
+    agent_id: str,
+    enforce_client_authz: bool,
+    version: str | None,
+    metadata_json: str | None,
+    now: datetime,
+) -> None:
+    values = {
+        "agent_id": agent_id,
+        "enforce_client_authz": enforce_client_authz,
+        "version": version,
+        "metadata_json": metadata_json,
+        "first_registered_at": now,
+        "last_registered_at": now,
+    }
+    changes = {
+        "enforce_client_authz": enforce_client_authz,
+        "version": version,
+        "metadata_json": metadata_json,
+        "last_registered_at": now,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(AgentRow).values(**values)
+    await session.execute(
+        statement.on_conflict_do_update(index_elements=[AgentRow.agent_id], set_=changes)
+    )
+
+
+async def insert_registration(
+    session: AsyncSession,
+    *,
+    registration_id: str,
+    agent_id: str,
+    version: str | None,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    session.add(
+        RegistrationRow(
+            registration_id=registration_id,
+            agent_id=agent_id,
+            version=version,
+            registered_at=now,
+            renewed_at=now,
+            last_seen_at=now,
+            expires_at=expires_at,
+        )
+    )
+    await session.flush()
+
+
+async def renew_registration(
+    session: AsyncSession,
+    *,
+    registration_id: str,
+    agent_id: str,
+    version: str | None,
+    now: datetime,
+    expires_at: datetime,
+) -> bool:
+    result = await session.execute(
+        update(RegistrationRow)
+        .where(
+            RegistrationRow.registration_id == registration_id,
+            RegistrationRow.agent_id == agent_id,
+            *_live(now),
+        )
+        .values(version=version, renewed_at=now, last_seen_at=now, expires_at=expires_at)
+        .returning(RegistrationRow.registration_id)
+    )
+    return result.first() is not None
+
+
+async def touch_registrations(
+    session: AsyncSession,
+    *,
+    agent_id: str,
+    registration_id: str | None,
+    now: datetime,
+    expires_at: datetime,
+) -> int:
+    """Extend the live registrations named (one, or all of the agent's); how many."""
+    conditions: list[ColumnElement[bool]] = [RegistrationRow.agent_id == agent_id, *_live(now)]
+    if registration_id is not None:
+        conditions.append(RegistrationRow.registration_id == registration_id)
+    result = await session.execute(
+        update(RegistrationRow)
+        .where(*conditions)
+        .values(last_seen_at=now, expires_at=expires_at)
+        .returning(RegistrationRow.registration_id)
+    )
+    return len(result.all())
+
+
+async def end_registrations(
+    session: AsyncSession,
+    *,
+    agent_id: str,
+    registration_id: str | None,
+    now: datetime,
+    reason: str,
+) -> list[str]:
+    conditions: list[ColumnElement[bool]] = [
+        RegistrationRow.agent_id == agent_id,
+        RegistrationRow.ended_at.is_(None),
+    ]
+    if registration_id is not None:
+        conditions.append(RegistrationRow.registration_id == registration_id)
+    result = await session.execute(
+        update(RegistrationRow)
+        .where(*conditions)
+        .values(ended_at=now, end_reason=reason)
+        .returning(RegistrationRow.registration_id)
+    )
+    return [row.registration_id for row in result]
+
+
+async def present_agent(session: AsyncSession, agent_id: str, now: datetime) -> AgentFacts | None:
+    """The agent, if at least one of its registrations is live."""
+    live_registration = exists().where(RegistrationRow.agent_id == AgentRow.agent_id, *_live(now))
+    row = (
+        await session.execute(
+            select(AgentRow.enforce_client_authz, AgentRow.version).where(
+                and_(AgentRow.agent_id == agent_id, live_registration)
+            )
+        )
+    ).first()
+    return None if row is None else AgentFacts(bool(row[0]), row[1])
+
+
+async def claim_expired(
+    session: AsyncSession, *, now: datetime, limit: int
+) -> list[tuple[str, str]]:
+    """Mark registrations whose presence lapsed as ended; (registration, agent) pairs.
+
+    The UPDATE claims them atomically, so with several replicas each expiry is
+    reported by exactly one of them.
+    """
+    stale = (
+        select(RegistrationRow.registration_id)
+        .where(RegistrationRow.ended_at.is_(None), RegistrationRow.expires_at <= now)
+        .limit(limit)
+    )
+    result = await session.execute(
+        update(RegistrationRow)
+        .where(RegistrationRow.registration_id.in_(stale), RegistrationRow.ended_at.is_(None))
+        .values(ended_at=now, end_reason="expired")
+        .returning(RegistrationRow.registration_id, RegistrationRow.agent_id)
+    )
+    return [(row.registration_id, row.agent_id) for row in result]
+
+
+async def reopen_registrations(session: AsyncSession, registration_ids: list[str]) -> None:
+    """Undo `claim_expired` for registrations whose expiry could not be audited."""
+    await session.execute(
+        update(RegistrationRow)
+        .where(RegistrationRow.registration_id.in_(registration_ids))
+        .values(ended_at=None, end_reason=None)
+    )

@@ -1,0 +1,309 @@
+"""A Microsoft Entra ID double: real RSA keys, a real JWKS, tokens shaped like Entra's.
+
+Claim sets follow what Entra issues for v1.0 and v2.0 access tokens, delegated
+(a signed-in user, `scp`) and app-only (client credentials, `roles`, `idtyp: app`),
+so that the LKPS validator is exercised on the shapes it meets in production. The ASGI
+app serves the endpoints LKPS and its SDKs use: OpenID configuration, the JWKS, and
+the v2.0 token endpoint (client credentials).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+LOGIN_HOST = "https://login.microsoftonline.com"
+_NAMESPACE = uuid.UUID("6f1c2f0e-8f5e-4b8e-9a43-3c1b8f0b7a11")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private_key: rsa.RSAPrivateKey
+    kid: str
+
+    @classmethod
+    def generate(cls, kid: str | None = None) -> SigningKey:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return cls(key, kid or _thumbprint(key))
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> SigningKey:
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("not an RSA private key")
+        return cls(key, _thumbprint(key))
+
+    def to_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def public_jwk(self) -> dict[str, Any]:
+        jwk: dict[str, Any] = RSAAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        return {"kty": "RSA", "use": "sig", "kid": self.kid, "x5t": self.kid, **jwk}
+
+    def public_pem(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def _thumbprint(key: rsa.RSAPrivateKey) -> str:
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _b64url(hashlib.sha1(der, usedforsecurity=False).digest())
+
+
+def stable_uuid(*parts: str) -> str:
+    """The same object id for the same user or app in the same tenant, every run."""
+    return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
+
+
+@dataclass
+class EntraDouble:
+    tenant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    keys: list[SigningKey] = field(default_factory=lambda: [SigningKey.generate()])
+    user_domain: str = "contoso.example"
+    # Registered confidential clients for the token endpoint: client id -> secret.
+    client_secrets: dict[str, str] = field(default_factory=dict)
+    # App roles granted to a client for a resource (audience): (client, audience) -> roles.
+    app_role_assignments: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    jwks_available: bool = True
+    jwks_requests: int = 0
+    token_requests: int = 0
+
+    @property
+    def signing_key(self) -> SigningKey:
+        return self.keys[0]
+
+    @property
+    def issuer_v2(self) -> str:
+        return f"{LOGIN_HOST}/{self.tenant_id}/v2.0"
+
+    @property
+    def issuer_v1(self) -> str:
+        return f"https://sts.windows.net/{self.tenant_id}/"
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [key.public_jwk() for key in self.keys]}
+
+    # Tokens.
+
+    def sign(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        key: SigningKey | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        key = key or self.signing_key
+        header = {"typ": "JWT", "kid": key.kid, "x5t": key.kid, **(headers or {})}
+        return jwt.encode(dict(claims), key.private_key, algorithm="RS256", headers=header)
+
+    def user_claims(
+        self,
+        *,
+        audience: str,
+        client_app_id: str,
+        username: str = "alice",
+        name: str | None = None,
+        version: str = "2.0",
+        scopes: str = "access_as_user",
+        roles: Iterable[str] = (),
+        lifetime: int = 3600,
+        issued_at: int | None = None,
+    ) -> dict[str, Any]:
+        now = int(time.time()) if issued_at is None else issued_at
+        oid = stable_uuid(self.tenant_id, "user", username)
+        upn = f"{username}@{self.user_domain}"
+        display = name or username.replace(".", " ").title()
+        claims: dict[str, Any] = {
+            "aud": audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "aio": _b64url(secrets.token_bytes(48)),
+            "name": display,
+            "oid": oid,
+            "rh": f"0.{_b64url(secrets.token_bytes(30))}.",
+            "scp": scopes,
+            # Entra's `sub` is pairwise per application, never the object id.
+            "sub": _b64url(hashlib.sha256(f"{oid}/{client_app_id}".encode()).digest()),
+            "tid": self.tenant_id,
+            "uti": _b64url(secrets.token_bytes(16)),
+            "ver": version,
+        }
+        if version == "2.0":
+            claims |= {
+                "iss": self.issuer_v2,
+                "azp": client_app_id,
+                "azpacr": "0",
+                "preferred_username": upn,
+                "sid": str(uuid.uuid4()),
+            }
+        else:
+            given, _, family = display.partition(" ")
+            claims |= {
+                "iss": self.issuer_v1,
+                "acr": "1",
+                "amr": ["pwd", "mfa"],
+                "appid": client_app_id,
+                "appidacr": "0",
+                "given_name": given,
+                "family_name": family or given,
+                "ipaddr": "192.0.2.10",
+                "unique_name": upn,
+                "upn": upn,
+            }
+        if roles := list(roles):
+            claims["roles"] = roles
+        return claims
+
+    def app_claims(
+        self,
+        *,
+        audience: str,
+        client_app_id: str,
+        version: str = "2.0",
+        roles: Iterable[str] = (),
+        lifetime: int = 3600,
+        issued_at: int | None = None,
+    ) -> dict[str, Any]:
+        now = int(time.time()) if issued_at is None else issued_at
+        service_principal = stable_uuid(self.tenant_id, "servicePrincipal", client_app_id)
+        claims: dict[str, Any] = {
+            "aud": audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "aio": _b64url(secrets.token_bytes(48)),
+            "idtyp": "app",
+            "oid": service_principal,
+            "rh": f"0.{_b64url(secrets.token_bytes(30))}.",
+            "sub": service_principal,
+            "tid": self.tenant_id,
+            "uti": _b64url(secrets.token_bytes(16)),
+            "ver": version,
+        }
+        if version == "2.0":
+            claims |= {"iss": self.issuer_v2, "azp": client_app_id, "azpacr": "1"}
+        else:
+            claims |= {
+                "iss": self.issuer_v1,
+                "appid": client_app_id,
+                "appidacr": "1",
+                "idp": self.issuer_v1,
+            }
+        if roles := list(roles):
+            claims["roles"] = roles
+        return claims
+
+    def user_token(self, **kwargs: Any) -> str:
+        return self.sign(self.user_claims(**kwargs))
+
+    def app_token(self, **kwargs: Any) -> str:
+        return self.sign(self.app_claims(**kwargs))
+
+    # HTTP.
+
+    def asgi_app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/{tenant}/discovery/v2.0/keys", self._keys_endpoint),
+                Route("/{tenant}/discovery/keys", self._keys_endpoint),
+                Route("/{tenant}/v2.0/.well-known/openid-configuration", self._openid_endpoint),
+                Route("/{tenant}/oauth2/v2.0/token", self._token_endpoint, methods=["POST"]),
+            ]
+        )
+
+    async def _keys_endpoint(self, request: Request) -> JSONResponse:
+        self.jwks_requests += 1
+        if not self.jwks_available:
+            return _aad_error(503, "temporarily_unavailable", "AADSTS90033", "try again later")
+        if not self._known_tenant(request):
+            return _aad_error(400, "invalid_tenant", "AADSTS90002", "tenant not found")
+        return JSONResponse(self.jwks())
+
+    async def _openid_endpoint(self, request: Request) -> JSONResponse:
+        if not self._known_tenant(request):
+            return _aad_error(400, "invalid_tenant", "AADSTS90002", "tenant not found")
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {
+                "issuer": self.issuer_v2,
+                "jwks_uri": f"{base}/{self.tenant_id}/discovery/v2.0/keys",
+                "token_endpoint": f"{base}/{self.tenant_id}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/{self.tenant_id}/oauth2/v2.0/authorize",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "token"],
+                "subject_types_supported": ["pairwise"],
+                "tenant_region_scope": "EU",
+            }
+        )
+
+    async def _token_endpoint(self, request: Request) -> JSONResponse:
+        self.token_requests += 1
+        if not self._known_tenant(request):
+            return _aad_error(400, "invalid_request", "AADSTS90002", "tenant not found")
+        form = await request.form()
+        if form.get("grant_type") != "client_credentials":
+            return _aad_error(400, "unsupported_grant_type", "AADSTS70003", "unsupported grant")
+        client_id = str(form.get("client_id", ""))
+        expected = self.client_secrets.get(client_id)
+        if expected is None:
+            return _aad_error(400, "unauthorized_client", "AADSTS700016", "application not found")
+        if not secrets.compare_digest(str(form.get("client_secret", "")), expected):
+            return _aad_error(401, "invalid_client", "AADSTS7000215", "invalid client secret")
+        scope = str(form.get("scope", ""))
+        if not scope.endswith("/.default"):
+            return _aad_error(400, "invalid_scope", "AADSTS1002012", "scope must end in /.default")
+        audience = scope.removesuffix("/.default")
+        roles = self.app_role_assignments.get((client_id, audience), [])
+        token = self.app_token(audience=audience, client_app_id=client_id, roles=roles)
+        return JSONResponse(
+            {
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": token,
+            }
+        )
+
+    def _known_tenant(self, request: Request) -> bool:
+        return request.path_params["tenant"] in {self.tenant_id, "common", "organizations"}
+
+
+def _aad_error(status: int, error: str, code: str, description: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": error,
+            "error_description": f"{code}: {description}",
+            "error_codes": [int(code.removeprefix("AADSTS"))],
+            "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+            "trace_id": str(uuid.uuid4()),
+            "correlation_id": str(uuid.uuid4()),
+        },
+        status_code=status,
+    )
