@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 from lkps.clock import Clock
 
@@ -42,7 +42,7 @@ def parse_signing_keys(document: Mapping[str, Any]) -> dict[str, PyJWK]:
             continue
         try:
             keys[kid] = PyJWK(entry, algorithm="RS256")
-        except PyJWKError:
+        except (PyJWTError, ValueError):
             log.warning("skipping unusable JWKS key", extra={"kid": kid})
     return keys
 
@@ -111,7 +111,7 @@ class JwksCache:
             response = await self._http.get(self._url, timeout=self._timeout)
             response.raise_for_status()
             keys = parse_signing_keys(response.json())
-        except (httpx.HTTPError, ValueError, JwksUnavailable) as exc:
+        except (httpx.HTTPError, ValueError, TypeError, JwksUnavailable) as exc:
             self.failure_count += 1
             log.warning(
                 "JWKS fetch failed; keeping %d known keys",

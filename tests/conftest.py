@@ -1,0 +1,197 @@
+"""Shared fixtures: a real Entra double on 127.0.0.1, a migrated SQLite store per test,
+and LKPS itself with its lifespan running, driven through httpx."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from livekit.api import TokenVerifier
+
+from lkps.app import create_app
+from lkps.audit import AuditRecord
+from lkps.authorization.file import write_authorization_file
+from lkps.config import Settings
+from lkps.services import Services
+from lkps.store.migrate import upgrade
+from lkps_testkit import EntraDouble, ServerThread, SigningKey
+
+API_AUDIENCE = "api://livekit-platform-service-test.example.com"
+LKPS_CLIENT_ID = "5c1f3d9e-0a7b-4c2d-9e8f-112233445566"
+LIVEKIT_URL = "wss://livekit.test.example"
+LIVEKIT_KEY = "APItestkey"
+LIVEKIT_SECRET = "a-test-secret-that-is-comfortably-longer-than-32-chars"
+CLIENT_A = "11111111-1111-4111-8111-111111111111"  # pre-authorized for AGENT
+CLIENT_B = "22222222-2222-4222-8222-222222222222"  # pre-authorized for nothing
+AGENT = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+AGENT_2 = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+
+
+class FakeClock:
+    """Wall time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self._now = datetime.now(UTC)
+        self._monotonic = 1000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+        self._monotonic += seconds
+
+
+@pytest.fixture(scope="session")
+def _entra_session() -> EntraDouble:
+    return EntraDouble()
+
+
+@pytest.fixture(scope="session")
+def entra_server(_entra_session: EntraDouble) -> Iterator[ServerThread]:
+    with ServerThread(_entra_session.asgi_app()) as server:
+        yield server
+
+
+@pytest.fixture
+def entra(_entra_session: EntraDouble) -> Iterator[EntraDouble]:
+    """The session's Entra double, with its keys, counters and availability reset."""
+    keys = list(_entra_session.keys)
+    _entra_session.jwks_available = True
+    _entra_session.jwks_requests = 0
+    yield _entra_session
+    _entra_session.keys[:] = keys
+    _entra_session.jwks_available = True
+
+
+@pytest.fixture(scope="session")
+def other_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture(scope="session")
+def _migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("store") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def database_path(_migrated_template: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "lkps.db"
+    shutil.copy(_migrated_template, path)
+    return path
+
+
+@pytest.fixture
+def authz_file(tmp_path: Path) -> Path:
+    path = tmp_path / "authz.json"
+    write_authorization_file(path, {AGENT: [CLIENT_A], AGENT_2: []})
+    return path
+
+
+@pytest.fixture
+def settings_values(
+    entra: EntraDouble, entra_server: ServerThread, database_path: Path, authz_file: Path
+) -> dict[str, Any]:
+    """A non-dev instance trusting the Entra double's tenant. Tests adjust the dict."""
+    return {
+        "env": "np",
+        "livekit_url": LIVEKIT_URL,
+        "livekit_api_key": LIVEKIT_KEY,
+        "livekit_api_secret": LIVEKIT_SECRET,
+        "entra_tenant_id": entra.tenant_id,
+        "entra_audiences": [API_AUDIENCE, LKPS_CLIENT_ID],
+        "entra_jwks_url": f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
+        "authz_source": "file",
+        "authz_file": authz_file,
+        "database_url": f"sqlite+aiosqlite:///{database_path}",
+    }
+
+
+@pytest.fixture
+def settings(settings_values: dict[str, Any]) -> Settings:
+    settings = Settings(**settings_values)
+    settings.check_servable()
+    return settings
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: FakeClock) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+class Lkps:
+    """A running LKPS, an HTTP client for it, and the Entra double that signs for it."""
+
+    def __init__(self, app: FastAPI, http: httpx.AsyncClient, entra: EntraDouble) -> None:
+        self.app = app
+        self.http = http
+        self.entra = entra
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+    def user_token(self, username: str = "alice", *, client: str = CLIENT_A, **claims: Any) -> str:
+        claims.setdefault("audience", API_AUDIENCE)
+        return self.entra.user_token(client_app_id=client, username=username, **claims)
+
+    def app_token(self, client: str = AGENT, **claims: Any) -> str:
+        claims.setdefault("audience", API_AUDIENCE)
+        return self.entra.app_token(client_app_id=client, **claims)
+
+    async def register(
+        self, agent: str = AGENT, *, token: str | None = None, **body: Any
+    ) -> httpx.Response:
+        return await self.post("/api/agent/register", token or self.app_token(agent), body)
+
+    async def heartbeat(self, agent: str = AGENT, **body: Any) -> httpx.Response:
+        return await self.post("/api/agent/heartbeat", self.app_token(agent), body)
+
+    async def deregister(self, agent: str = AGENT, **body: Any) -> httpx.Response:
+        return await self.post("/api/agent/deregister", self.app_token(agent), body)
+
+    async def start_session(
+        self, agent: str | None = AGENT, *, token: str | None = None, **body: Any
+    ) -> httpx.Response:
+        if agent is not None:
+            body["agent_entra_app_id"] = agent
+        return await self.post("/api/session/start", token or self.user_token(), body)
+
+    async def post(self, path: str, token: str | None, body: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return await self.http.post(path, json=body, headers=headers)
+
+    async def audit_records(self) -> list[AuditRecord]:
+        return [record async for record in self.services.audit.records()]
+
+
+@pytest.fixture
+async def lkps(app: FastAPI, entra: EntraDouble) -> AsyncIterator[Lkps]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://lkps.test") as http:
+        yield Lkps(app, http, entra)
+
+
+@pytest.fixture
+def livekit_verifier() -> TokenVerifier:
+    """Checks tokens the way the LiveKit server does: HS256 with the API secret."""
+    return TokenVerifier(LIVEKIT_KEY, LIVEKIT_SECRET)
