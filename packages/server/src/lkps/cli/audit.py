@@ -8,14 +8,14 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Literal, TypeVar
 
 import typer
 
-from lkps.audit import AuditLog
 from lkps.cli.common import fail, load_settings, run
-from lkps.store import Database
-from lkps.store.migrate import current_revision
+
+if TYPE_CHECKING:
+    from lkps.audit import AuditLog
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 
@@ -23,6 +23,11 @@ T = TypeVar("T")
 
 
 def _with_log(action: Callable[[AuditLog], Awaitable[T]]) -> T:
+    # Imported here so that `lkps --help` and `lkps dev token` start quickly.
+    from lkps.audit import AuditLog
+    from lkps.store import Database
+    from lkps.store.migrate import current_revision
+
     settings = load_settings()
 
     async def go() -> T:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import typer
 
 from lkps.cli.common import load_settings, run
-from lkps.store.engine import ensure_sqlite_directory, is_sqlite
-from lkps.store.migrate import current_revision, head_revision, upgrade
 
 app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
@@ -14,6 +12,9 @@ app = typer.Typer(help="The database schema.", no_args_is_help=True)
 @app.command("upgrade")
 def upgrade_command(revision: str = typer.Argument("head")) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
+    from lkps.store.engine import ensure_sqlite_directory, is_sqlite
+    from lkps.store.migrate import current_revision, upgrade
+
     settings = load_settings()
     if is_sqlite(settings.database_url):
         ensure_sqlite_directory(settings.database_url)
@@ -24,6 +25,8 @@ def upgrade_command(revision: str = typer.Argument("head")) -> None:
 @app.command("current")
 def current_command() -> None:
     """Show the schema revision, and whether it is the newest."""
+    from lkps.store.migrate import current_revision, head_revision
+
     settings = load_settings()
     revision = run(current_revision(settings.database_url))
     head = head_revision()

@@ -12,13 +12,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import typer
-import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
-from lkps.authorization.file import write_authorization_file
 from lkps.cli.common import fail, load_settings
 from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, Settings
 from lkps.logs import configure_logging
@@ -75,6 +70,8 @@ def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Se
     if base.effective_authz_source == "file" and base.authz_file is None:
         authz_file = state_dir / "authz.json"
         if not authz_file.exists():
+            from lkps.authorization.file import write_authorization_file
+
             state_dir.mkdir(parents=True, exist_ok=True)
             write_authorization_file(authz_file, {DEV_AGENT_ID: [DEV_CLIENT_ID]})
         update["authz_source"] = "file"
@@ -92,6 +89,11 @@ def dev(
     """Start LKPS with SQLite and the development identity provider."""
     if ctx.invoked_subcommand is not None:
         return
+    import httpx
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
     from lkps.app import create_app
 
     settings = dev_settings(load_settings(), host=host, port=port, state_dir=state_dir)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import typer
-import uvicorn
 
 from lkps.cli.common import fail, load_settings
 from lkps.config import ConfigurationError
@@ -28,6 +27,8 @@ def serve(
     except ConfigurationError as exc:
         fail(f"cannot serve: {exc}")
     configure_logging(settings.log_level)
+    import uvicorn
+
     uvicorn.run(
         "lkps.asgi:app_from_environment",
         factory=True,

@@ -1,0 +1,5 @@
+"""`python -m lkps`, the same as the `lkps` command."""
+
+from lkps.cli import main
+
+main()

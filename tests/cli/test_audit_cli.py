@@ -1,0 +1,91 @@
+"""`lkps audit verify | tail | export` over a trail LKPS wrote."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.cli.processes import clean_environment, run_lkps
+from tests.conftest import Lkps
+
+pytestmark = pytest.mark.cli
+
+
+@pytest.fixture
+async def trail(lkps: Lkps, database_path: Path) -> dict[str, str]:
+    """Six records written through the API; the environment that points the CLI at them."""
+    registration = (await lkps.register()).json()["registration_id"]
+    await lkps.register(registration_id=registration)
+    for user in ("alice", "bob", "carol"):
+        await lkps.start_session(token=lkps.user_token(user))
+    await lkps.deregister()
+    return clean_environment(LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{database_path}")
+
+
+def tamper(database_path: Path, statement: str) -> None:
+    """What someone with write access to the database file could do."""
+    with sqlite3.connect(database_path) as db:
+        db.execute("DROP TRIGGER audit_records_no_update")
+        db.execute("DROP TRIGGER audit_records_no_delete")
+        db.execute(statement)
+
+
+async def test_verify_passes_on_an_untouched_trail(trail: dict[str, str], tmp_path: Path) -> None:
+    result = run_lkps("audit", "verify", env=trail, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "audit chain intact: 6 records, head at 6" in result.stdout
+
+
+async def test_verify_reports_an_edited_row(
+    trail: dict[str, str], database_path: Path, tmp_path: Path
+) -> None:
+    tamper(database_path, "UPDATE audit_records SET actor_cwid = 'mallory' WHERE seq = 4")
+    result = run_lkps("audit", "verify", env=trail, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "broken at record 4" in result.stdout and "edited" in result.stdout
+
+
+async def test_verify_reports_a_removed_row(
+    trail: dict[str, str], database_path: Path, tmp_path: Path
+) -> None:
+    tamper(database_path, "DELETE FROM audit_records WHERE seq = 2")
+    result = run_lkps("audit", "verify", env=trail, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "broken at record 2" in result.stdout and "missing" in result.stdout
+
+
+async def test_verify_reports_a_removed_tail(
+    trail: dict[str, str], database_path: Path, tmp_path: Path
+) -> None:
+    tamper(database_path, "DELETE FROM audit_records WHERE seq >= 5")
+    result = run_lkps("audit", "verify", env=trail, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "broken at record 5" in result.stdout
+
+
+async def test_export_writes_every_record_as_json_lines(trail: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "audit.jsonl"
+    result = run_lkps("audit", "export", "--format", "jsonl", "-o", str(out), env=trail, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["event"] for r in records] == [
+        "agent.register", "agent.renew", "session.start", "session.start", "session.start", "agent.deregister",
+    ]
+    assert records[3]["actor_cwid"] == "bob" and records[3]["prev_hash"] == records[2]["hash"]
+    assert isinstance(records[2]["details"], dict)
+
+
+async def test_tail_prints_the_newest(trail: dict[str, str], tmp_path: Path) -> None:
+    result = run_lkps("audit", "tail", "-n", "2", env=trail, cwd=tmp_path)
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [5, 6]
+
+
+def test_audit_without_a_store_is_a_clear_error(tmp_path: Path) -> None:
+    env = clean_environment(LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'none.db'}")
+    result = run_lkps("audit", "verify", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no LKPS schema" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,79 @@
+"""`lkps serve` and `lkps db`: real processes with their configuration in the environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lkps.authorization.file import write_authorization_file
+from lkps_testkit import EntraDouble, ServerThread
+from tests.cli.processes import clean_environment, free_port, lkps_process, process_output, run_lkps
+from tests.conftest import AGENT, API_AUDIENCE, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET
+
+pytestmark = pytest.mark.cli
+
+
+def test_serve_names_every_missing_setting(tmp_path: Path) -> None:
+    result = run_lkps("serve", env=clean_environment(LKPS_ENV="prod"), cwd=tmp_path)
+    assert result.returncode == 2
+    for name in ("LKPS_LIVEKIT_URL", "LKPS_LIVEKIT_API_SECRET", "LKPS_ENTRA_TENANT_ID", "LKPS_ENTRA_AUDIENCES"):
+        assert name in result.stderr
+
+
+def test_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_lkps("serve", env=clean_environment(LKPS_PRESENCE_TTL="soon"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "LKPS_PRESENCE_TTL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_runs_the_service(tmp_path: Path, entra: EntraDouble, entra_server: ServerThread) -> None:
+    authz = tmp_path / "authz.json"
+    write_authorization_file(authz, {AGENT: [CLIENT_A]})
+    port = free_port()
+    env = clean_environment(
+        LKPS_ENV="np",
+        LKPS_PORT=str(port),
+        LKPS_LIVEKIT_URL="wss://livekit.test.example",
+        LKPS_LIVEKIT_API_KEY=LIVEKIT_KEY,
+        LKPS_LIVEKIT_API_SECRET=LIVEKIT_SECRET,
+        LKPS_ENTRA_TENANT_ID=entra.tenant_id,
+        LKPS_ENTRA_AUDIENCES=API_AUDIENCE,
+        LKPS_ENTRA_JWKS_URL=f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
+        LKPS_AUTHZ_SOURCE="file",
+        LKPS_AUTHZ_FILE=str(authz),
+        LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+    )
+    base = f"http://127.0.0.1:{port}"
+    with lkps_process("serve", env=env, cwd=tmp_path, health_url=f"{base}/api/health/ready") as process:
+        agent = entra.app_token(audience=API_AUDIENCE, client_app_id=AGENT)
+        assert httpx.post(f"{base}/api/agent/register", headers={"Authorization": f"Bearer {agent}"}).status_code == 200
+        user = entra.user_token(audience=API_AUDIENCE, client_app_id=CLIENT_A)
+        started = httpx.post(
+            f"{base}/api/session/start",
+            headers={"Authorization": f"Bearer {user}"},
+            json={"agent_entra_app_id": AGENT},
+        )
+        assert started.status_code == 200, started.text
+        assert "server" not in started.headers
+    # uvicorn finishes in-flight work on SIGTERM, then re-raises the signal.
+    assert process.returncode in (0, -15)
+    assert "Application shutdown complete" in process_output(tmp_path)
+    lines = [json.loads(line) for line in process_output(tmp_path).splitlines() if line.startswith("{")]
+    assert lines, "serve logs JSON lines"
+    audit_lines = [line for line in lines if line.get("audit_event") == "session.start"]
+    assert audit_lines and audit_lines[0]["request_id"] == started.headers["x-request-id"]
+    for token in (agent, user, started.json()["participant_token"]):
+        assert token.split(".")[2] not in process_output(tmp_path)
+
+
+def test_db_upgrade_and_current(tmp_path: Path) -> None:
+    env = clean_environment(LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'db' / 'x.db'}")
+    assert run_lkps("db", "current", env=env, cwd=tmp_path).returncode == 1
+    upgraded = run_lkps("db", "upgrade", env=env, cwd=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = run_lkps("db", "current", env=env, cwd=tmp_path)
+    assert current.returncode == 0 and "up to date" in current.stdout
