@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -81,7 +82,7 @@ async def test_every_event_type_lands_in_one_intact_chain(lkps: Lkps) -> None:
     ]
     assert records[0].prev_hash == GENESIS_HASH
     assert [r.seq for r in records] == [1, 2, 3, 4]
-    assert all(b.prev_hash == a.hash for a, b in zip(records, records[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
     assert (await lkps.services.audit.verify()).ok
 
 

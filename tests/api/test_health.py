@@ -78,5 +78,8 @@ async def test_openapi_documents_every_endpoint(lkps: Lkps) -> None:
         "/api/agent/deregister",
     }
     start = spec["paths"]["/api/session/start"]["post"]
-    assert "agent_entra_app_id" in start["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert (
+        "agent_entra_app_id"
+        in start["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    )
     assert {"400", "401", "403", "404", "413", "415", "500", "503"} <= set(start["responses"])

@@ -43,7 +43,9 @@ def alg_none(entra: EntraDouble, other: SigningKey) -> str:
 
 def hs256_with_the_public_key(entra: EntraDouble, other: SigningKey) -> str:
     header = {"typ": "JWT", "alg": "HS256", "kid": entra.signing_key.kid}
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(_claims(entra)).encode())}"
+    signing_input = (
+        f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(_claims(entra)).encode())}"
+    )
     mac = hmac.new(entra.signing_key.public_pem(), signing_input.encode(), hashlib.sha256)
     return f"{signing_input}.{_b64(mac.digest())}"
 
@@ -58,7 +60,9 @@ def wrong_issuer(entra: EntraDouble, other: SigningKey) -> str:
 
 def other_tenant(entra: EntraDouble, other: SigningKey) -> str:
     tenant = str(uuid.uuid4())
-    return entra.sign(_claims(entra, tid=tenant, iss=f"https://login.microsoftonline.com/{tenant}/v2.0"))
+    return entra.sign(
+        _claims(entra, tid=tenant, iss=f"https://login.microsoftonline.com/{tenant}/v2.0")
+    )
 
 
 def our_issuer_other_tid(entra: EntraDouble, other: SigningKey) -> str:
@@ -136,7 +140,9 @@ HOSTILE: list[TokenFactory] = [
 async def test_hostile_token_is_401(
     lkps: Lkps, other_key: SigningKey, make_token: TokenFactory, path: str
 ) -> None:
-    response = await lkps.post(path, make_token(lkps.entra, other_key), {"agent_entra_app_id": CLIENT_A})
+    response = await lkps.post(
+        path, make_token(lkps.entra, other_key), {"agent_entra_app_id": CLIENT_A}
+    )
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     body = response.json()

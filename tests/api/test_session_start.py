@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import httpx
+import jwt
 import pytest
 from livekit.api import TokenVerifier
 
-from tests.conftest import AGENT, AGENT_2, CLIENT_A, CLIENT_B, LIVEKIT_KEY, LIVEKIT_URL, Lkps
+from lkps.authorization.file import write_authorization_file
+from lkps.config import Settings
+from lkps_testkit import EntraDouble
+from tests.api.util import running_lkps
+from tests.conftest import (
+    AGENT,
+    AGENT_2,
+    CLIENT_A,
+    CLIENT_B,
+    LIVEKIT_KEY,
+    LIVEKIT_URL,
+    LKPS_CLIENT_ID,
+    FakeClock,
+    Lkps,
+)
 
 pytestmark = pytest.mark.api
 
-ROOM_NAME = re.compile(r"^(?P<cwid>[A-Za-z0-9_.]+)-(?P<agent>[0-9a-f-]{36})-(?P<ts>\d+)-(?P<hex>[0-9a-f]{8,})$")
+ROOM_NAME = re.compile(
+    r"^(?P<cwid>[A-Za-z0-9_.]+)-(?P<agent>[0-9a-f-]{36})-(?P<ts>\d+)-(?P<hex>[0-9a-f]{8,})$"
+)
 
 
-def assert_error(response: object, status: int, message: str | None = None) -> dict[str, str]:
-    assert response.status_code == status, response.text  # type: ignore[attr-defined]
-    body: dict[str, str] = response.json()  # type: ignore[attr-defined]
+def assert_error(
+    response: httpx.Response, status: int, message: str | None = None
+) -> dict[str, str]:
+    assert response.status_code == status, response.text
+    body: dict[str, str] = response.json()
     assert set(body) >= {"error", "message", "request_id"}
-    assert body["request_id"] == response.headers["x-request-id"]  # type: ignore[attr-defined]
+    assert body["request_id"] == response.headers["x-request-id"]
     if message is not None:
         assert body["message"] == message
     return body
@@ -47,21 +71,23 @@ async def test_granted_session_has_the_contract_fields(present: Lkps) -> None:
     assert "expires_at" in body
 
 
-async def test_room_name_follows_the_contract(present: Lkps, clock: object) -> None:
+async def test_room_name_follows_the_contract(present: Lkps, clock: FakeClock) -> None:
     upper_agent = AGENT.upper()
     response = await present.start_session(upper_agent, token=present.user_token("Jane.Doe-Smith"))
     match = ROOM_NAME.match(response.json()["room_name"])
     assert match is not None
     assert match["cwid"] == "Jane.Doe_Smith"  # '-' is not in [A-Za-z0-9_.]
     assert match["agent"] == AGENT  # lower-case canonical even when sent upper-case
-    assert int(match["ts"]) == int(clock.now().timestamp())  # type: ignore[attr-defined]
+    assert int(match["ts"]) == int(clock.now().timestamp())
     assert len(match["hex"]) >= 8
 
 
 async def test_participant_token_grants_exactly_what_the_contract_lists(
     present: Lkps, livekit_verifier: TokenVerifier
 ) -> None:
-    response = await present.start_session(AGENT, token=present.user_token("alice", name="Alice Doe"))
+    response = await present.start_session(
+        AGENT, token=present.user_token("alice", name="Alice Doe")
+    )
     body = response.json()
     claims = livekit_verifier.verify(body["participant_token"])
     assert claims.identity == "alice"
@@ -91,7 +117,9 @@ async def test_room_configuration_dispatches_the_agent(
     assert config.departure_timeout == 30
     assert [agent.agent_name for agent in config.agents] == [AGENT]
     # Exactly as sent: compact UTF-8 JSON, keys in the client's order.
-    assert config.agents[0].metadata == json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    assert config.agents[0].metadata == json.dumps(
+        metadata, separators=(",", ":"), ensure_ascii=False
+    )
     assert json.loads(config.agents[0].metadata) == metadata
 
 
@@ -112,10 +140,8 @@ async def test_empty_metadata_object_is_forwarded_as_such(
 
 
 async def test_max_participants_follows_the_setting(
-    settings_values: dict[str, object], clock: object, entra: object
+    settings_values: dict[str, Any], clock: FakeClock, entra: EntraDouble
 ) -> None:
-    from tests.api.util import running_lkps
-
     settings_values["room_max_participants"] = 1
     async with running_lkps(settings_values, clock, entra) as lkps:
         await lkps.register(AGENT)
@@ -133,15 +159,11 @@ async def test_v1_user_token_and_app_only_caller_are_served(present: Lkps) -> No
 
 
 async def test_token_for_the_lkps_client_id_audience_is_accepted(present: Lkps) -> None:
-    from tests.conftest import LKPS_CLIENT_ID
-
     response = await present.start_session(AGENT, token=present.user_token(audience=LKPS_CLIENT_ID))
     assert response.status_code == 200, response.text
 
 
 async def test_concurrent_starts_never_share_a_room(present: Lkps) -> None:
-    import asyncio
-
     responses = await asyncio.gather(*(present.start_session(AGENT) for _ in range(50)))
     rooms = {response.json()["room_name"] for response in responses}
     assert len(rooms) == 50
@@ -216,7 +238,16 @@ async def test_deeply_nested_metadata_is_refused(present: Lkps) -> None:
         (b'"a string"', "must be a JSON object"),
         (b"   ", "required"),
     ],
-    ids=["truncated", "invalid-utf8", "nan", "huge-integer", "deep-array", "list", "string", "blank"],
+    ids=[
+        "truncated",
+        "invalid-utf8",
+        "nan",
+        "huge-integer",
+        "deep-array",
+        "list",
+        "string",
+        "blank",
+    ],
 )
 async def test_malformed_bodies_get_400(present: Lkps, raw: bytes, fragment: str) -> None:
     response = await present.http.post(
@@ -249,7 +280,7 @@ async def test_body_over_64_kib_gets_413(present: Lkps) -> None:
 
 
 async def test_body_over_64_kib_without_content_length_gets_413(present: Lkps) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(70):
             yield b" " * 1024
 
@@ -313,38 +344,38 @@ async def test_unregistered_agent_is_404_with_the_seed_message(lkps: Lkps) -> No
 
 
 async def test_unreadable_authorization_file_is_503_and_no_token(
-    present: Lkps, authz_file: object
+    present: Lkps, authz_file: Path
 ) -> None:
-    authz_file.write_text("agents: [this is: not valid")  # type: ignore[attr-defined]
+    authz_file.write_text("agents: [this is: not valid")
     response = await present.start_session(AGENT)
     assert_error(response, 503)
     assert response.headers["retry-after"]
     assert "participant_token" not in response.text
 
 
-async def test_missing_authorization_file_is_503(present: Lkps, authz_file: object) -> None:
-    authz_file.unlink()  # type: ignore[attr-defined]
+async def test_missing_authorization_file_is_503(present: Lkps, authz_file: Path) -> None:
+    authz_file.unlink()
     assert_error(await present.start_session(AGENT), 503)
 
 
 async def test_authorization_file_edits_apply_without_restart(
-    present: Lkps, authz_file: object
+    present: Lkps, authz_file: Path
 ) -> None:
-    from lkps.authorization.file import write_authorization_file
-
-    assert (await present.start_session(AGENT, token=present.user_token(client=CLIENT_B))).status_code == 403
-    write_authorization_file(authz_file, {AGENT: [CLIENT_A, CLIENT_B]})  # type: ignore[arg-type]
-    assert (await present.start_session(AGENT, token=present.user_token(client=CLIENT_B))).status_code == 200
+    assert (
+        await present.start_session(AGENT, token=present.user_token(client=CLIENT_B))
+    ).status_code == 403
+    write_authorization_file(authz_file, {AGENT: [CLIENT_A, CLIENT_B]})
+    assert (
+        await present.start_session(AGENT, token=present.user_token(client=CLIENT_B))
+    ).status_code == 200
 
 
 # 500
 
 
 async def test_unexpected_failure_is_500_with_the_seed_message_and_no_detail(
-    settings: object, clock: object, entra: object
+    settings: Settings, clock: FakeClock, entra: EntraDouble
 ) -> None:
-    from tests.api.util import running_lkps
-
     class ExplodingSource:
         name = "exploding"
 
@@ -364,8 +395,6 @@ async def test_unexpected_failure_is_500_with_the_seed_message_and_no_detail(
     assert records[-1].status == 500 and records[-1].outcome == "denied"
 
 
-def _payload(token: str) -> dict[str, object]:
-    import jwt
-
-    claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+def _payload(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return claims

@@ -66,14 +66,23 @@ async def test_verify_reports_a_removed_tail(
     assert "broken at record 5" in result.stdout
 
 
-async def test_export_writes_every_record_as_json_lines(trail: dict[str, str], tmp_path: Path) -> None:
+async def test_export_writes_every_record_as_json_lines(
+    trail: dict[str, str], tmp_path: Path
+) -> None:
     out = tmp_path / "audit.jsonl"
-    result = run_lkps("audit", "export", "--format", "jsonl", "-o", str(out), env=trail, cwd=tmp_path)
+    result = run_lkps(
+        "audit", "export", "--format", "jsonl", "-o", str(out), env=trail, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert [r["event"] for r in records] == [
-        "agent.register", "agent.renew", "session.start", "session.start", "session.start", "agent.deregister",
+        "agent.register",
+        "agent.renew",
+        "session.start",
+        "session.start",
+        "session.start",
+        "agent.deregister",
     ]
     assert records[3]["actor_cwid"] == "bob" and records[3]["prev_hash"] == records[2]["hash"]
     assert isinstance(records[2]["details"], dict)

@@ -19,7 +19,12 @@ pytestmark = pytest.mark.cli
 def test_serve_names_every_missing_setting(tmp_path: Path) -> None:
     result = run_lkps("serve", env=clean_environment(LKPS_ENV="prod"), cwd=tmp_path)
     assert result.returncode == 2
-    for name in ("LKPS_LIVEKIT_URL", "LKPS_LIVEKIT_API_SECRET", "LKPS_ENTRA_TENANT_ID", "LKPS_ENTRA_AUDIENCES"):
+    for name in (
+        "LKPS_LIVEKIT_URL",
+        "LKPS_LIVEKIT_API_SECRET",
+        "LKPS_ENTRA_TENANT_ID",
+        "LKPS_ENTRA_AUDIENCES",
+    ):
         assert name in result.stderr
 
 
@@ -30,7 +35,9 @@ def test_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_serve_runs_the_service(tmp_path: Path, entra: EntraDouble, entra_server: ServerThread) -> None:
+def test_serve_runs_the_service(
+    tmp_path: Path, entra: EntraDouble, entra_server: ServerThread
+) -> None:
     authz = tmp_path / "authz.json"
     write_authorization_file(authz, {AGENT: [CLIENT_A]})
     port = free_port()
@@ -48,9 +55,16 @@ def test_serve_runs_the_service(tmp_path: Path, entra: EntraDouble, entra_server
         LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
     )
     base = f"http://127.0.0.1:{port}"
-    with lkps_process("serve", env=env, cwd=tmp_path, health_url=f"{base}/api/health/ready") as process:
+    with lkps_process(
+        "serve", env=env, cwd=tmp_path, health_url=f"{base}/api/health/ready"
+    ) as process:
         agent = entra.app_token(audience=API_AUDIENCE, client_app_id=AGENT)
-        assert httpx.post(f"{base}/api/agent/register", headers={"Authorization": f"Bearer {agent}"}).status_code == 200
+        assert (
+            httpx.post(
+                f"{base}/api/agent/register", headers={"Authorization": f"Bearer {agent}"}
+            ).status_code
+            == 200
+        )
         user = entra.user_token(audience=API_AUDIENCE, client_app_id=CLIENT_A)
         started = httpx.post(
             f"{base}/api/session/start",
@@ -62,7 +76,9 @@ def test_serve_runs_the_service(tmp_path: Path, entra: EntraDouble, entra_server
     # uvicorn finishes in-flight work on SIGTERM, then re-raises the signal.
     assert process.returncode in (0, -15)
     assert "Application shutdown complete" in process_output(tmp_path)
-    lines = [json.loads(line) for line in process_output(tmp_path).splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in process_output(tmp_path).splitlines() if line.startswith("{")
+    ]
     assert lines, "serve logs JSON lines"
     audit_lines = [line for line in lines if line.get("audit_event") == "session.start"]
     assert audit_lines and audit_lines[0]["request_id"] == started.headers["x-request-id"]

@@ -28,10 +28,20 @@ def servable(**overrides: object) -> Settings:
 
 def test_defaults_follow_the_contract() -> None:
     settings = Settings(env="dev")
-    assert (settings.participant_token_ttl, settings.agent_token_ttl, settings.presence_ttl) == (900, 3600, 90)
+    assert (settings.participant_token_ttl, settings.agent_token_ttl, settings.presence_ttl) == (
+        900,
+        3600,
+        90,
+    )
     assert settings.room_max_participants == 2
     assert settings.default_enforce_client_authz is True
-    assert settings.cwid_claims == ["cwid", "onprem_sam_account_name", "preferred_username", "upn", "oid"]
+    assert settings.cwid_claims == [
+        "cwid",
+        "onprem_sam_account_name",
+        "preferred_username",
+        "upn",
+        "oid",
+    ]
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8080, 1)
     assert settings.effective_authz_source == "file"
     assert servable().effective_authz_source == "graph"
@@ -59,7 +69,13 @@ def test_complete_configuration_is_servable() -> None:
 def test_missing_settings_are_all_named() -> None:
     with pytest.raises(ConfigurationError) as problems:
         Settings(env="prod").check_servable()
-    for name in ("LKPS_LIVEKIT_URL", "LKPS_LIVEKIT_API_KEY", "LKPS_LIVEKIT_API_SECRET", "LKPS_ENTRA_TENANT_ID", "LKPS_ENTRA_AUDIENCES"):
+    for name in (
+        "LKPS_LIVEKIT_URL",
+        "LKPS_LIVEKIT_API_KEY",
+        "LKPS_LIVEKIT_API_SECRET",
+        "LKPS_ENTRA_TENANT_ID",
+        "LKPS_ENTRA_AUDIENCES",
+    ):
         assert name in str(problems.value)
 
 

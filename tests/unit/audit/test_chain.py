@@ -5,10 +5,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from lkps.audit.chain import GENESIS_HASH, hash_of, record_hash, verify_chain
+from lkps.audit.chain import (
+    GENESIS_HASH,
+    hash_of,
+    record_hash,
+    verify_chain,
+)
 from lkps.audit.records import AuditRecord
 
 pytestmark = pytest.mark.unit
@@ -19,7 +25,7 @@ def make_chain(length: int) -> list[AuditRecord]:
     previous = GENESIS_HASH
     start = datetime(2026, 11, 23, tzinfo=UTC)
     for seq in range(1, length + 1):
-        fields = {
+        fields: dict[str, Any] = {
             "seq": seq,
             "record_id": f"r{seq}",
             "occurred_at": start + timedelta(microseconds=seq * 1001),
@@ -50,7 +56,9 @@ async def stream(records: Iterable[AuditRecord]) -> AsyncIterator[AuditRecord]:
 
 
 async def verify(records: list[AuditRecord], head: tuple[int, str] | None = None):  # type: ignore[no-untyped-def]
-    head_seq, head_hash = head or (records[-1].seq, records[-1].hash) if records else (0, GENESIS_HASH)
+    head_seq, head_hash = (
+        head or (records[-1].seq, records[-1].hash) if records else (0, GENESIS_HASH)
+    )
     return await verify_chain(stream(records), head_seq, head_hash)
 
 
@@ -68,7 +76,7 @@ async def test_empty_chain_verifies() -> None:
 )
 async def test_edited_record_is_found(field: str) -> None:
     records = make_chain(10)
-    value = {"status": 403, "occurred_at": records[6].occurred_at + timedelta(seconds=1)}.get(
+    value: Any = {"status": 403, "occurred_at": records[6].occurred_at + timedelta(seconds=1)}.get(
         field, "tampered"
     )
     records[6] = dataclasses.replace(records[6], **{field: value})

@@ -22,7 +22,10 @@ def write(path: Path, text: str) -> None:
 
 async def test_yaml_file_with_upper_case_ids(tmp_path: Path) -> None:
     path = tmp_path / "authz.yaml"
-    write(path, f"agents:\n  {AGENT.upper()}:\n    pre_authorized_clients:\n      - {CLIENT.upper()}\n")
+    write(
+        path,
+        f"agents:\n  {AGENT.upper()}:\n    pre_authorized_clients:\n      - {CLIENT.upper()}\n",
+    )
     source = FileAuthorizationSource(path)
     assert await source.pre_authorized_clients(AGENT) == frozenset({CLIENT})
     assert await source.pre_authorized_clients("cccccccc-cccc-4ccc-8ccc-cccccccccccc") is None

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.unit
         ({}, None),
     ],
 )
-def test_cwid_is_the_first_present_claim_sanitised(claims: dict[str, str], expected: str | None) -> None:
+def test_cwid_is_the_first_present_claim_sanitised(
+    claims: dict[str, str], expected: str | None
+) -> None:
     assert extract_cwid(claims, DEFAULT_CWID_CLAIMS) == expected
 
 

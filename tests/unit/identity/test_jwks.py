@@ -50,7 +50,9 @@ async def test_unknown_kids_refresh_at_most_once_per_cooldown(
     assert entra.jwks_requests == 2
 
 
-async def test_concurrent_unknown_kids_share_one_fetch(cache: JwksCache, entra: EntraDouble) -> None:
+async def test_concurrent_unknown_kids_share_one_fetch(
+    cache: JwksCache, entra: EntraDouble
+) -> None:
     results = await asyncio.gather(*(cache.get(f"kid-{i}") for i in range(200)))
     assert results == [None] * 200
     assert entra.jwks_requests == 1

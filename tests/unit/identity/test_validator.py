@@ -19,7 +19,10 @@ async def validator(entra: EntraDouble, clock: FakeClock) -> TokenValidator:
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=entra.asgi_app()))
     keys = JwksCache(f"http://entra.test/{entra.tenant_id}/discovery/v2.0/keys", http, clock)
     issuers = frozenset(
-        {f"https://login.microsoftonline.com/{entra.tenant_id}/v2.0", f"https://sts.windows.net/{entra.tenant_id}/"}
+        {
+            f"https://login.microsoftonline.com/{entra.tenant_id}/v2.0",
+            f"https://sts.windows.net/{entra.tenant_id}/",
+        }
     )
     return TokenValidator(
         keys,
@@ -60,7 +63,9 @@ async def test_app_only_token_yields_the_application(
     assert caller.roles == frozenset({"LKPS.Agent"})
 
 
-async def test_repeated_token_is_verified_once(validator: TokenValidator, entra: EntraDouble) -> None:
+async def test_repeated_token_is_verified_once(
+    validator: TokenValidator, entra: EntraDouble
+) -> None:
     token = entra.user_token(audience=API_AUDIENCE, client_app_id=CLIENT_A)
     first = await validator.authenticate(f"Bearer {token}")
     for _ in range(5):

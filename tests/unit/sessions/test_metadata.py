@@ -57,7 +57,9 @@ def test_room_names_are_unique_and_well_formed() -> None:
     from datetime import UTC, datetime
 
     now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-    names = {new_room_name("alice", "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", now) for _ in range(10_000)}
+    names = {
+        new_room_name("alice", "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", now) for _ in range(10_000)
+    }
     assert len(names) == 10_000
     name = names.pop()
     assert name.startswith(f"alice-aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa-{int(now.timestamp())}-")

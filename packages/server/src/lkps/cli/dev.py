@@ -152,6 +152,29 @@ def token(
     typer.echo(jwt)
 
 
+@app.command("decode")
+def decode(token: str = typer.Argument(..., help="A LiveKit token from this dev instance")) -> None:
+    """Check a LiveKit token with the dev API secret and print its claims."""
+    import json
+
+    import jwt
+
+    settings = load_settings()
+    secret = settings.livekit_api_secret.get_secret_value() or DEV_LIVEKIT_SECRET
+    warnings.filterwarnings("ignore", message="The HMAC key is")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            issuer=settings.livekit_api_key or DEV_LIVEKIT_KEY,
+            options={"require": ["exp"]},
+        )
+    except jwt.PyJWTError as exc:
+        fail(f"not a valid token of this dev instance: {exc}")
+    typer.echo(json.dumps(claims, indent=2, ensure_ascii=False))
+
+
 def _banner(settings: Settings, state_dir: Path) -> str:
     base = f"http://{settings.host}:{settings.port}"
     return f"""
