@@ -110,3 +110,24 @@ def test_heartbeat_must_be_shorter_than_presence() -> None:
 def test_leeway_is_bounded_by_a_minute(leeway: int) -> None:
     with pytest.raises(ValidationError):
         Settings(entra_leeway_seconds=leeway)
+
+
+def test_config_file_adds_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "lkps.yaml"
+    config.write_text(
+        "presence_ttl: 120\nentra_audiences: [api://from-file]\nlivekit_url: wss://file.example\n"
+    )
+    monkeypatch.setenv("LKPS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("LKPS_LIVEKIT_URL", "wss://env.example")
+    settings = Settings()
+    assert settings.presence_ttl == 120
+    assert settings.entra_audiences == ["api://from-file"]
+    assert settings.livekit_url == "wss://env.example"  # the environment wins
+
+
+def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LKPS_CONFIG_FILE", str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigurationError, match="LKPS_CONFIG_FILE"):
+        Settings()

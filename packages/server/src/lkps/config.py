@@ -7,11 +7,18 @@ alone (contract §4). Values that only make sense together are checked together 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 Environment = Literal["dev", "np", "prod"]
 AuthzSource = Literal["graph", "file"]
@@ -88,6 +95,24 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=65_536, ge=1024)
     log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values, then `LKPS_*` variables, then `LKPS_CONFIG_FILE` (YAML or
+        JSON, keys as in the variable names without the prefix, e.g. `presence_ttl`)."""
+        config_file = os.environ.get("LKPS_CONFIG_FILE")
+        if not config_file:
+            return (init_settings, env_settings)
+        if not Path(config_file).is_file():
+            raise ConfigurationError(f"LKPS_CONFIG_FILE {config_file} is not a readable file")
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, config_file))
 
     @field_validator("entra_audiences", "cwid_claims", mode="before")
     @classmethod

@@ -23,6 +23,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 def load_settings() -> Settings:
     try:
         return Settings()
+    except ConfigurationError as exc:
+        fail(str(exc))
     except ValidationError as exc:
         problems = "; ".join(
             f"LKPS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
