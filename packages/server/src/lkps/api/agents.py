@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from lkps.agents import Registration
 from lkps.api.body import read_json_body
-from lkps.api.deps import BearerDoc, RequestContextDep, ServicesDep
+from lkps.api.deps import BearerDoc, RequestContextDep, ServicesDep, authenticate
 from lkps.api.openapi import error_responses, json_body
 from lkps.api.schemas import (
     AgentRegisterRequest,
@@ -23,9 +23,8 @@ from lkps.api.schemas import (
     HeartbeatResponse,
     RegistrationRef,
 )
-from lkps.audit import AuditEvent, AuditUnavailable
+from lkps.audit import AuditEvent, AuditScope, AuditUnavailable
 from lkps.errors import Forbidden, ServiceUnavailable
-from lkps.identity import Caller
 from lkps.services import Services
 
 router = APIRouter(prefix="/api/agent", tags=["agents"])
@@ -33,8 +32,13 @@ router = APIRouter(prefix="/api/agent", tags=["agents"])
 APP_TOKEN_REQUIRED = "Agent registration requires an application (client credentials) token"
 
 
-def require_agent(caller: Caller, services: Services) -> str:
+async def authenticate_agent(
+    request: Request, services: Services, audit: AuditScope | None = None
+) -> str:
     """The agent id of an app-only caller holding the agent role (when one is set)."""
+    caller = await authenticate(request, services, audit)
+    if audit is not None:
+        audit.set(agent_id=caller.client_app_id)
     if not caller.app_only:
         raise Forbidden(APP_TOKEN_REQUIRED, reason="delegated (user) token on agent endpoint")
     role = services.settings.agent_role
@@ -62,10 +66,7 @@ async def register(
     registration: Registration | None = None
     try:
         async with services.audit_scope(AuditEvent.AGENT_REGISTER, context) as audit:
-            caller = await services.identity.authenticate(request.headers.get("authorization"))
-            audit.record_caller(caller)
-            agent_id = require_agent(caller, services)
-            audit.set(agent_id=agent_id)
+            agent_id = await authenticate_agent(request, services, audit)
             body = await read_json_body(
                 request, AgentRegisterRequest, max_bytes=settings.max_body_bytes, required=False
             )
@@ -116,8 +117,7 @@ async def register(
 )
 async def heartbeat(request: Request, services: ServicesDep) -> HeartbeatResponse:
     """Keep the agent present. 404 means the registration is gone: register again."""
-    caller = await services.identity.authenticate(request.headers.get("authorization"))
-    agent_id = require_agent(caller, services)
+    agent_id = await authenticate_agent(request, services)
     body = await read_json_body(
         request, RegistrationRef, max_bytes=services.settings.max_body_bytes, required=False
     )
@@ -142,10 +142,7 @@ async def deregister(
     async with services.audit_scope(
         AuditEvent.AGENT_DEREGISTER, context, granted_status=204
     ) as audit:
-        caller = await services.identity.authenticate(request.headers.get("authorization"))
-        audit.record_caller(caller)
-        agent_id = require_agent(caller, services)
-        audit.set(agent_id=agent_id)
+        agent_id = await authenticate_agent(request, services, audit)
         body = await read_json_body(
             request, RegistrationRef, max_bytes=services.settings.max_body_bytes, required=False
         )

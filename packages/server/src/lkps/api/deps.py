@@ -9,7 +9,8 @@ from fastapi.security import HTTPBearer
 from starlette.requests import Request
 
 from lkps.api.middleware import request_id_of
-from lkps.audit import RequestContext
+from lkps.audit import AuditScope, RequestContext
+from lkps.identity import Caller
 from lkps.services import Services
 
 # Documents the bearer scheme in OpenAPI; validation itself happens inside the
@@ -28,6 +29,20 @@ def get_request_context(request: Request) -> RequestContext:
     return RequestContext(
         request_id=request_id_of(request.scope), client_ip=client.host if client else None
     )
+
+
+async def authenticate(
+    request: Request, services: Services, audit: AuditScope | None = None
+) -> Caller:
+    """The verified caller, recorded in `audit` when the attempt is audited.
+
+    Called inside each endpoint's audit scope rather than as a dependency, so that a
+    rejected token is recorded like any other denial.
+    """
+    caller = await services.identity.authenticate(request.headers.get("authorization"))
+    if audit is not None:
+        audit.record_caller(caller)
+    return caller
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

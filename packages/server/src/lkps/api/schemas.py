@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from lkps.sessions.metadata import check_metadata
+
+# A JSON object within the metadata limits (50 keys, 10,240 bytes, 32 levels).
+Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
 
 
 class ErrorBody(BaseModel):
@@ -31,15 +34,10 @@ class SessionStartRequest(BaseModel):
     agent_entra_app_id: uuid.UUID = Field(
         description="The target agent's Entra application (client) id"
     )
-    metadata: dict[str, Any] | None = Field(
+    metadata: Metadata | None = Field(
         default=None,
         description="Forwarded to the agent as its dispatch metadata (at most 50 keys, 10 KB)",
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _limits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if value is None else check_metadata(value)
 
 
 class SessionStartResponse(BaseModel):
@@ -57,15 +55,10 @@ class AgentRegisterRequest(BaseModel):
         default=None, description="Require clients to be pre-authorized (default: LKPS setting)"
     )
     version: str | None = Field(default=None, max_length=128)
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     registration_id: uuid.UUID | None = Field(
         default=None, description="Renew this live registration instead of creating one"
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _limits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if value is None else check_metadata(value)
 
 
 class AgentRegisterResponse(BaseModel):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 
 from lkps.api.body import read_json_body
-from lkps.api.deps import BearerDoc, RequestContextDep, ServicesDep
+from lkps.api.deps import BearerDoc, RequestContextDep, ServicesDep, authenticate
 from lkps.api.openapi import error_responses, json_body
 from lkps.api.schemas import SessionStartRequest, SessionStartResponse
 from lkps.audit import AuditEvent
@@ -32,8 +32,7 @@ async def start_session(
     async with services.audit_scope(
         AuditEvent.SESSION_START, context, failure_message=SESSION_FAILED
     ) as audit:
-        caller = await services.identity.authenticate(request.headers.get("authorization"))
-        audit.record_caller(caller)
+        caller = await authenticate(request, services, audit)
         body = await read_json_body(
             request, SessionStartRequest, max_bytes=services.settings.max_body_bytes
         )
