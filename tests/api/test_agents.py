@@ -211,3 +211,20 @@ async def test_deregistered_registrations_are_not_reported_as_expired(
     await lkps.deregister()
     clock.advance(91)
     assert await sweep_expired_registrations(lkps.services) == 0
+
+
+async def test_concurrent_writers_and_readers_never_fail(lkps: Lkps) -> None:
+    """Registrations, heartbeats and session starts at once: SQLite writers queue on its
+    lock instead of failing, and every reply is a success."""
+    import asyncio
+
+    registration = (await lkps.register(enforce_client_authz=False)).json()["registration_id"]
+    calls = (
+        [lkps.register(enforce_client_authz=False) for _ in range(40)]
+        + [lkps.heartbeat(registration_id=registration) for _ in range(40)]
+        + [lkps.start_session(token=lkps.user_token(f"u{i}")) for i in range(80)]
+        + [lkps.register(AGENT_2) for _ in range(20)]
+    )
+    responses = await asyncio.gather(*calls)
+    assert {r.status_code for r in responses} == {200}
+    assert (await lkps.services.audit.verify()).ok

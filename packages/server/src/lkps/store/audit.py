@@ -16,13 +16,18 @@ _COLUMNS = [column.key for column in AuditRecordRow.__table__.columns]
 
 
 async def lock_chain_head(session: AsyncSession) -> tuple[int, str]:
-    """The chain head, locked until the transaction ends (PostgreSQL `FOR UPDATE`;
-    SQLite serialises writers by itself)."""
+    """The chain head, locked until the transaction ends.
+
+    A no-op UPDATE rather than `SELECT ... FOR UPDATE`: it takes the row lock on
+    PostgreSQL and, being the transaction's first statement, SQLite's write lock, so a
+    SQLite writer never has to upgrade a read snapshot (which fails instead of waiting).
+    """
     row = (
         await session.execute(
-            select(AuditChainHead.seq, AuditChainHead.hash)
+            update(AuditChainHead)
             .where(AuditChainHead.id == _HEAD_ID)
-            .with_for_update()
+            .values(seq=AuditChainHead.seq)
+            .returning(AuditChainHead.seq, AuditChainHead.hash)
         )
     ).one()
     return int(row.seq), str(row.hash)

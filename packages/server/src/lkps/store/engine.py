@@ -59,9 +59,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def create_engine(url: str, *, timeout: float = 5.0) -> AsyncEngine:
     if is_sqlite(url):
         ensure_sqlite_directory(url)
-        # SQLite has one writer; a single pooled connection per process serialises our
-        # own writes instead of letting them fight over the file lock.
-        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=timeout)
+        # WAL lets reads run beside the one writer. Every write transaction here starts
+        # with a write statement, so writers queue on SQLite's lock (busy_timeout)
+        # instead of failing to upgrade a read snapshot.
+        engine = create_async_engine(url, pool_size=4, max_overflow=0, pool_timeout=timeout)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
