@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     entra_client_secret: SecretStr = SecretStr("")
     entra_client_certificate_path: Path | None = None
     graph_url: str = "https://graph.microsoft.com"
+    graph_cache_ttl_seconds: float = Field(default=300.0, ge=0)
+    graph_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Extra CA certificates (PEM) trusted for LKPS's outbound HTTPS: Entra, Graph, JWKS.
+    # For a TLS-inspecting corporate proxy, or a test Entra on 127.0.0.1.
+    tls_ca_bundle: Path | None = None
 
     # Client-to-agent authorization.
     authz_source: AuthzSource | None = None

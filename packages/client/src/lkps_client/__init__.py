@@ -1,0 +1,1 @@
+"""Client library for the LiveKit Platform Service (placeholder)."""
