@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from lkps import __version__
-from lkps.api import agents, health, sessions
+from lkps.api import admin, agents, audit, health, sessions
 from lkps.api.errors import install_error_handlers
 from lkps.api.middleware import RequestIdMiddleware
 from lkps.authorization import AuthorizationSource
@@ -53,7 +53,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
-    for router in (health.router, sessions.router, agents.router):
+    for router in (health.router, sessions.router, agents.router, admin.router, audit.router):
         app.include_router(router)
     for path, mounted in (mounts or {}).items():
         app.mount(path, mounted)

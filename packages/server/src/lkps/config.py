@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_CWID_CLAIMS)
     )
     agent_role: str = ""
+    # App roles (in the token's `roles`) for the administrative and audit APIs.
+    admin_role: str = "LKPS.Admin"
+    auditor_role: str = "LKPS.Auditor"
 
     # LKPS's own app registration (its app-only Microsoft Graph token).
     entra_client_id: str = ""

@@ -23,6 +23,7 @@ from lkps.audit import (
     RequestContext,
 )
 from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthorizationSource
+from lkps.authorization.overrides import AuthorizationOverrides
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.identity import JwksCache, TokenValidator
@@ -47,6 +48,7 @@ class Services:
     registry: AgentRegistry
     sessions: SessionService
     minter: TokenMinter
+    overrides: AuthorizationOverrides
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def audit_scope(
@@ -151,6 +153,7 @@ async def running_services(
                 participant_token_ttl=settings.participant_token_ttl,
             ),
             minter=minter,
+            overrides=AuthorizationOverrides(db, clock),
         )
         await audit.start()
         await jwks.refresh()

@@ -27,8 +27,15 @@ class Registration:
 @dataclass(frozen=True, slots=True)
 class AgentPresence:
     agent_id: str
-    enforce_client_authz: bool
+    registered_enforce: bool
     version: str | None
+    override_enforce: bool | None
+    additional_clients: frozenset[str]
+
+    @property
+    def enforce_client_authz(self) -> bool:
+        """An operator's override wins over what the agent registered with."""
+        return self.registered_enforce if self.override_enforce is None else self.override_enforce
 
 
 def agent_not_connected(agent_id: str) -> NotFound:
@@ -126,7 +133,17 @@ class AgentRegistry:
             facts = await queries.present_agent(session, agent_id, self._clock.now())
         if facts is None:
             return None
-        return AgentPresence(agent_id, facts.enforce_client_authz, facts.version)
+        return AgentPresence(
+            agent_id,
+            facts.enforce_client_authz,
+            facts.version,
+            facts.override_enforce,
+            frozenset(facts.additional_clients),
+        )
+
+    async def summaries(self) -> list[queries.AgentSummary]:
+        async with self._db.session() as session:
+            return await queries.agent_summaries(session, self._clock.now())
 
     async def claim_expired(self, limit: int = 500) -> list[tuple[str, str]]:
         async with self._db.session() as session:

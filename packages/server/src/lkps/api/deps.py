@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from lkps.api.middleware import request_id_of
 from lkps.audit import AuditScope, RequestContext
+from lkps.errors import Forbidden
 from lkps.identity import Caller
 from lkps.services import Services
 
@@ -43,6 +44,16 @@ async def authenticate(
     if audit is not None:
         audit.record_caller(caller)
     return caller
+
+
+def require_role(caller: Caller, *roles: str) -> None:
+    """Refuse a caller holding none of `roles` (app roles, in the token's `roles`)."""
+    if not caller.roles.intersection(roles):
+        wanted = " or ".join(f"'{role}'" for role in roles)
+        raise Forbidden(
+            f"This requires the app role {wanted}",
+            reason=f"caller lacks app role {wanted}",
+        )
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

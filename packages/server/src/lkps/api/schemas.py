@@ -78,3 +78,71 @@ class RegistrationRef(BaseModel):
 class HeartbeatResponse(BaseModel):
     connected: bool
     presence_expires_at: datetime
+
+
+class OverrideBody(BaseModel):
+    enforce_client_authz: bool | None = Field(
+        default=None, description="Force enforcement on or off; null follows the agent"
+    )
+    additional_clients: list[str] = Field(
+        default_factory=list, description="Client app ids allowed on top of the source's list"
+    )
+
+
+class OverrideResponse(BaseModel):
+    agent_id: str
+    enforce_client_authz: bool | None
+    additional_clients: list[str]
+    updated_at: datetime
+    updated_by: str
+
+
+class AgentInfo(BaseModel):
+    agent_id: str
+    present: bool
+    enforce_client_authz: bool = Field(description="What session starts apply")
+    registered_enforce_client_authz: bool = Field(description="What the agent registered with")
+    override: OverrideResponse | None
+    version: str | None
+    first_registered_at: datetime
+    last_registered_at: datetime
+    last_heartbeat_at: datetime | None
+    active_registrations: int
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
+
+
+class AuditPage(BaseModel):
+    records: list[dict[str, Any]]
+    next_cursor: str | None = Field(description="Pass back as `cursor` for older records")
+
+
+class ChainReport(BaseModel):
+    ok: bool
+    records_checked: int
+    head_seq: int
+    broken_at_seq: int | None
+    problem: str | None
+
+
+class TokenSourceRequest(BaseModel):
+    """LiveKit's `TokenSourceRequest`, as its client SDKs send it (snake_case JSON)."""
+
+    room_name: str | None = None
+    participant_identity: str | None = None
+    participant_name: str | None = None
+    participant_metadata: str | None = None
+    participant_attributes: dict[str, str] | None = None
+    room_config: dict[str, Any] | None = Field(
+        default=None, description="Only `agents: [{agent_name, metadata}]` may be given"
+    )
+
+
+class TokenSourceResponse(BaseModel):
+    server_url: str
+    participant_token: str
+    room_name: str
+    session_id: str
+    expires_at: datetime

@@ -131,6 +131,12 @@ class AuditLog:
         async with self._db.session() as session:
             return await queries.latest_records(session, limit)
 
+    async def query(
+        self, where: queries.AuditFilter, *, limit: int, before_seq: int | None = None
+    ) -> list[AuditRecord]:
+        async with self._db.session() as session:
+            return await queries.query_records(session, where, limit=limit, before_seq=before_seq)
+
     async def verify(self) -> ChainVerification:
         async with self._db.session() as session:
             head_seq, head_hash = await queries.read_chain_head(session)

@@ -15,6 +15,8 @@ class AuditEvent(StrEnum):
     AGENT_RENEW = "agent.renew"
     AGENT_DEREGISTER = "agent.deregister"
     AGENT_EXPIRE = "agent.expire"
+    AUTHZ_OVERRIDE_SET = "admin.authz_override.set"
+    AUTHZ_OVERRIDE_CLEAR = "admin.authz_override.clear"
 
 
 class Outcome(StrEnum):

@@ -61,6 +61,7 @@ class SessionService:
             agent_id=agent,
             client_app_id=caller.client_app_id,
             enforce=presence.enforce_client_authz,
+            additional_clients=presence.additional_clients,
         )
         room = new_room_name(caller.cwid, agent, self._clock.now())
         token = self._minter.participant_token(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -78,3 +80,42 @@ async def count_records(session: AsyncSession) -> int:
 
 def _to_record(row: AuditRecordRow) -> AuditRecord:
     return AuditRecord(**{name: getattr(row, name) for name in _COLUMNS})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    event: str | None = None
+    outcome: str | None = None
+    agent_id: str | None = None
+    client_app_id: str | None = None
+    actor_cwid: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def query_records(
+    session: AsyncSession,
+    where: AuditFilter,
+    *,
+    limit: int,
+    before_seq: int | None = None,
+) -> list[AuditRecord]:
+    """Matching records, newest first, strictly older than `before_seq` (keyset paging)."""
+    query = select(AuditRecordRow)
+    for column, value in (
+        (AuditRecordRow.event, where.event),
+        (AuditRecordRow.outcome, where.outcome),
+        (AuditRecordRow.agent_id, where.agent_id),
+        (AuditRecordRow.client_app_id, where.client_app_id),
+        (AuditRecordRow.actor_cwid, where.actor_cwid),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if where.since is not None:
+        query = query.where(AuditRecordRow.occurred_at >= where.since)
+    if where.until is not None:
+        query = query.where(AuditRecordRow.occurred_at < where.until)
+    if before_seq is not None:
+        query = query.where(AuditRecordRow.seq < before_seq)
+    result = await session.execute(query.order_by(AuditRecordRow.seq.desc()).limit(limit))
+    return [_to_record(row) for row in result.scalars()]

@@ -54,6 +54,8 @@ class AuditRecordRow(Base):
         Index("ix_audit_records_occurred_at", "occurred_at"),
         Index("ix_audit_records_agent_id", "agent_id"),
         Index("ix_audit_records_event", "event"),
+        Index("ix_audit_records_client_app_id", "client_app_id"),
+        Index("ix_audit_records_actor_cwid", "actor_cwid"),
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -85,3 +87,18 @@ class AuditChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuthorizationOverrideRow(Base):
+    """What an operator decided about an agent's client authorization, over what the
+    agent's registration and the authorization source say."""
+
+    __tablename__ = "agent_authz_overrides"
+
+    agent_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # None: follow the agent's registration.
+    enforce_client_authz: Mapped[bool | None] = mapped_column(Boolean)
+    # JSON list of lower-case client app ids allowed on top of the source's list.
+    additional_clients: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(256))

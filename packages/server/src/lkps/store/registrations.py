@@ -6,17 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, exists, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, and_, case, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lkps.store.models import AgentRow, RegistrationRow
+from lkps.store.models import AgentRow, AuthorizationOverrideRow, RegistrationRow
+from lkps.store.overrides import decode_clients
+from lkps.store.upsert import upsert
 
 
 @dataclass(frozen=True, slots=True)
 class AgentFacts:
     enforce_client_authz: bool
     version: str | None
+    override_enforce: bool | None
+    additional_clients: tuple[str, ...]
 
 
 def _live(now: datetime) -> list[ColumnElement[bool]]:
@@ -46,12 +49,7 @@ async def upsert_agent(
         "metadata_json": metadata_json,
         "last_registered_at": now,
     }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(AgentRow).values(**values)
-    await session.execute(
-        statement.on_conflict_do_update(index_elements=[AgentRow.agent_id], set_=changes)
-    )
+    await upsert(session, AgentRow, "agent_id", values, changes)
 
 
 async def insert_registration(
@@ -144,16 +142,27 @@ async def end_registrations(
 
 
 async def present_agent(session: AsyncSession, agent_id: str, now: datetime) -> AgentFacts | None:
-    """The agent, if at least one of its registrations is live."""
+    """The agent, with any operator override, if at least one registration is live.
+
+    One query: this runs on every session start."""
     live_registration = exists().where(RegistrationRow.agent_id == AgentRow.agent_id, *_live(now))
     row = (
         await session.execute(
-            select(AgentRow.enforce_client_authz, AgentRow.version).where(
-                and_(AgentRow.agent_id == agent_id, live_registration)
+            select(
+                AgentRow.enforce_client_authz,
+                AgentRow.version,
+                AuthorizationOverrideRow.enforce_client_authz,
+                AuthorizationOverrideRow.additional_clients,
             )
+            .outerjoin(
+                AuthorizationOverrideRow, AuthorizationOverrideRow.agent_id == AgentRow.agent_id
+            )
+            .where(and_(AgentRow.agent_id == agent_id, live_registration))
         )
     ).first()
-    return None if row is None else AgentFacts(bool(row[0]), row[1])
+    if row is None:
+        return None
+    return AgentFacts(bool(row[0]), row[1], row[2], decode_clients(row[3]))
 
 
 async def claim_expired(
@@ -185,3 +194,44 @@ async def reopen_registrations(session: AsyncSession, registration_ids: list[str
         .where(RegistrationRow.registration_id.in_(registration_ids))
         .values(ended_at=None, end_reason=None)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSummary:
+    agent_id: str
+    enforce_client_authz: bool
+    version: str | None
+    first_registered_at: datetime
+    last_registered_at: datetime
+    last_heartbeat_at: datetime | None
+    active_registrations: int
+
+
+async def agent_summaries(session: AsyncSession, now: datetime) -> list[AgentSummary]:
+    """Every agent ever registered, with its live registrations counted."""
+    live = (
+        select(
+            RegistrationRow.agent_id,
+            func.sum(case((and_(*_live(now)), 1), else_=0)).label("active"),
+            func.max(RegistrationRow.last_seen_at).label("last_seen"),
+        )
+        .group_by(RegistrationRow.agent_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(AgentRow, live.c.active, live.c.last_seen)
+        .outerjoin(live, live.c.agent_id == AgentRow.agent_id)
+        .order_by(AgentRow.agent_id)
+    )
+    return [
+        AgentSummary(
+            agent_id=agent.agent_id,
+            enforce_client_authz=agent.enforce_client_authz,
+            version=agent.version,
+            first_registered_at=agent.first_registered_at,
+            last_registered_at=agent.last_registered_at,
+            last_heartbeat_at=last_seen,
+            active_registrations=int(active or 0),
+        )
+        for agent, active, last_seen in rows
+    ]

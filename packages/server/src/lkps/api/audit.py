@@ -1,0 +1,103 @@
+"""The audit trail over HTTP, for holders of the `LKPS.Auditor` app role."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from starlette.requests import Request
+
+from lkps.api.deps import BearerDoc, ServicesDep, authenticate, require_role
+from lkps.api.openapi import error_responses
+from lkps.api.schemas import AuditPage, ChainReport
+from lkps.audit import AuditEvent, Outcome
+from lkps.errors import BadRequest
+from lkps.store.audit import AuditFilter
+
+router = APIRouter(prefix="/api/audit", tags=["audit"])
+
+MAX_PAGE = 1000
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, seq = text.partition(":")
+        if prefix != "seq" or not seq.isdigit():
+            raise ValueError(cursor)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest('"cursor" is not a cursor this API returned') from None
+
+
+@router.get(
+    "",
+    response_model=AuditPage,
+    dependencies=[BearerDoc],
+    responses=error_responses(400, 401, 403, 503),
+)
+async def query_audit(
+    request: Request,
+    services: ServicesDep,
+    event: Annotated[AuditEvent | None, Query(description="Event type")] = None,
+    outcome: Annotated[Outcome | None, Query()] = None,
+    agent_id: Annotated[uuid.UUID | None, Query()] = None,
+    client_app_id: Annotated[str | None, Query(max_length=64)] = None,
+    cwid: Annotated[str | None, Query(max_length=256)] = None,
+    since: Annotated[datetime | None, Query(description="occurred_at >= since (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="occurred_at < until (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> AuditPage:
+    """Records matching every filter given, newest first, `limit` at a time. The order is
+    the chain's (by sequence number), so pages never skip or repeat a record."""
+    caller = await authenticate(request, services)
+    require_role(caller, services.settings.auditor_role)
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise BadRequest(f'"{name}" needs a time zone (e.g. 2026-11-23T12:00:00Z)')
+    where = AuditFilter(
+        event=str(event) if event else None,
+        outcome=str(outcome) if outcome else None,
+        agent_id=str(agent_id) if agent_id else None,
+        client_app_id=client_app_id.lower() if client_app_id else None,
+        actor_cwid=cwid,
+        since=since,
+        until=until,
+    )
+    records = await services.audit.query(
+        where, limit=limit + 1, before_seq=decode_cursor(cursor) if cursor else None
+    )
+    page, more = records[:limit], len(records) > limit
+    return AuditPage(
+        records=[record.as_json() for record in page],
+        next_cursor=encode_cursor(page[-1].seq) if more else None,
+    )
+
+
+@router.get(
+    "/verify",
+    response_model=ChainReport,
+    dependencies=[BearerDoc],
+    responses=error_responses(401, 403, 503),
+)
+async def verify_audit(request: Request, services: ServicesDep) -> ChainReport:
+    """Walk the whole hash chain and report the first broken link, if any."""
+    caller = await authenticate(request, services)
+    require_role(caller, services.settings.auditor_role)
+    result = await services.audit.verify()
+    return ChainReport(
+        ok=result.ok,
+        records_checked=result.records_checked,
+        head_seq=result.head_seq,
+        broken_at_seq=result.broken_at_seq,
+        problem=result.problem,
+    )
