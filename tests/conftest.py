@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,34 @@ async def lkps(app: FastAPI, entra: EntraDouble) -> AsyncIterator[Lkps]:
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://lkps.test") as http:
         yield Lkps(app, http, entra)
+
+
+# LKPS on a real socket. The `app` fixture runs LKPS's lifespan in the test's event
+# loop, which a blocking client (or another process) cannot drive; uvicorn runs this one,
+# lifespan included, in a thread.
+
+
+@dataclass
+class Served:
+    url: str
+    entra: EntraDouble
+
+    def user_token(self, client: str = CLIENT_A, username: str = "alice") -> str:
+        return self.entra.user_token(client_app_id=client, username=username, audience=API_AUDIENCE)
+
+
+@pytest.fixture
+def served(settings: Settings, entra: EntraDouble) -> Iterator[Served]:
+    """A real LKPS on a socket, with AGENT registered and enforcing client authorization."""
+    with ServerThread(create_app(settings)) as server:
+        agent_token = entra.app_token(audience=API_AUDIENCE, client_app_id=AGENT)
+        response = httpx.post(
+            f"{server.url}/api/agent/register",
+            json={"enforce_client_authz": True},
+            headers={"Authorization": f"Bearer {agent_token}"},
+        )
+        assert response.status_code == 200, response.text
+        yield Served(server.url, entra)
 
 
 @pytest.fixture

@@ -1,25 +1,48 @@
-"""`lkps audit verify | tail | export`: the operator's view of the trail."""
+"""`lkps audit verify | tail | search | export`: the operator's view of the trail.
+
+Each command reads the local store (LKPS_DATABASE_URL) or, given `--url`/`--env`, a
+running LKPS through its audit API (app role LKPS.Auditor).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import typer
 
 from lkps.cli.common import fail, load_settings, run
+from lkps.cli.remote import (
+    ENV_OPTION,
+    SCOPE_OPTION,
+    TOKEN_OPTION,
+    URL_OPTION,
+    call,
+    connect,
+    to_json,
+)
 
 if TYPE_CHECKING:
     from lkps.audit import AuditLog
+    from lkps.store.audit import AuditFilter
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 
 T = TypeVar("T")
+
+EVENT_OPTION = typer.Option(None, "--event", help="e.g. session.start, agent.register")
+OUTCOME_OPTION = typer.Option(None, "--outcome", help="granted, denied or recorded")
+AGENT_OPTION = typer.Option(None, "--agent", help="Agent app id")
+CLIENT_OPTION = typer.Option(None, "--client", help="Client app id")
+CWID_OPTION = typer.Option(None, "--cwid", help="Caller CWID")
+SINCE_OPTION = typer.Option(None, "--since", help="ISO 8601 with a time zone (inclusive)")
+UNTIL_OPTION = typer.Option(None, "--until", help="ISO 8601 with a time zone (exclusive)")
 
 
 def _with_log(action: Callable[[AuditLog], Awaitable[T]]) -> T:
@@ -42,12 +65,34 @@ def _with_log(action: Callable[[AuditLog], Awaitable[T]]) -> T:
     return run(go())
 
 
+def _remote(url: str | None, env: str | None) -> bool:
+    return url is not None or env is not None
+
+
 @app.command("verify")
-def verify() -> None:
+def verify(
+    url: str | None = URL_OPTION,
+    token: str | None = TOKEN_OPTION,
+    scope: str | None = SCOPE_OPTION,
+    env: str | None = ENV_OPTION,
+) -> None:
     """Check the hash chain; exit 1 and name the first broken link if it is broken."""
-    result = _with_log(lambda log: log.verify())
-    typer.echo(result.describe())
-    if not result.ok:
+    if _remote(url, env):
+        with connect(url, token, scope, env) as client:
+            report = call(client.verify_audit)
+        ok, line = (
+            report.ok,
+            (
+                f"audit chain intact: {report.records_checked} records, head at {report.head_seq}"
+                if report.ok
+                else f"audit chain broken at record {report.broken_at_seq}: {report.problem}"
+            ),
+        )
+    else:
+        result = _with_log(lambda log: log.verify())
+        ok, line = result.ok, result.describe()
+    typer.echo(line)
+    if not ok:
         raise typer.Exit(1)
 
 
@@ -55,46 +100,157 @@ def verify() -> None:
 def tail(
     lines: int = typer.Option(20, "-n", "--lines", min=1, help="How many records"),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new records"),
+    url: str | None = URL_OPTION,
+    token: str | None = TOKEN_OPTION,
+    scope: str | None = SCOPE_OPTION,
+    env: str | None = ENV_OPTION,
 ) -> None:
-    """Print the newest records as JSON lines."""
+    """Print the newest records as JSON lines, oldest of them first."""
+    try:
+        if _remote(url, env):
+            _tail_remote(lines, follow, connect(url, token, scope, env))
+        else:
+            _with_log(lambda log: _tail_local(log, lines, follow))
+    except KeyboardInterrupt:
+        pass
 
-    async def go(log: AuditLog) -> None:
-        records = await log.latest(lines)
-        for record in records:
+
+async def _tail_local(log: AuditLog, lines: int, follow: bool) -> None:
+    records = await log.latest(lines)
+    for record in records:
+        _print(record.as_json(), sys.stdout)
+    last = records[-1].seq if records else 0
+    while follow:
+        await asyncio.sleep(1)
+        async for record in log.records(after=last):
             _print(record.as_json(), sys.stdout)
-        last = records[-1].seq if records else 0
-        while follow:
-            await asyncio.sleep(1)
-            async for record in log.records(after=last):
-                _print(record.as_json(), sys.stdout)
-                last = record.seq
+            last = record.seq
 
-    with contextlib.suppress(KeyboardInterrupt):
-        _with_log(go)
+
+def _tail_remote(lines: int, follow: bool, client: Any) -> None:
+    with client:
+        # The client pages lazily: errors surface while iterating, so iterate inside call().
+        newest = call(lambda: _take(client.audit_records(page_size=min(lines, 1000)), lines))
+        for record in reversed(newest):
+            typer.echo(to_json(record))
+        last = newest[0].seq if newest else 0
+        while follow:
+            time.sleep(2)
+            fresh = call(lambda: list(_until_seq(client.audit_records(page_size=100), last)))
+            for record in reversed(fresh):
+                typer.echo(to_json(record))
+            last = fresh[0].seq if fresh else last
+
+
+@app.command("search")
+def search(
+    event: str | None = EVENT_OPTION,
+    outcome: str | None = OUTCOME_OPTION,
+    agent: str | None = AGENT_OPTION,
+    client_app: str | None = CLIENT_OPTION,
+    cwid: str | None = CWID_OPTION,
+    since: datetime | None = SINCE_OPTION,
+    until: datetime | None = UNTIL_OPTION,
+    limit: int = typer.Option(100, "-n", "--limit", min=1, help="At most this many records"),
+    url: str | None = URL_OPTION,
+    token: str | None = TOKEN_OPTION,
+    scope: str | None = SCOPE_OPTION,
+    env: str | None = ENV_OPTION,
+) -> None:
+    """Records matching every filter given, newest first, as JSON lines."""
+    for name, value in (("--since", since), ("--until", until)):
+        if value is not None and value.tzinfo is None:
+            fail(f"{name} needs a time zone, e.g. 2026-11-23T12:00:00Z")
+    if _remote(url, env):
+        with connect(url, token, scope, env) as client:
+            found = call(
+                lambda: _take(
+                    client.audit_records(
+                        event=event,
+                        outcome=outcome,
+                        agent_id=agent,
+                        client_app_id=client_app,
+                        cwid=cwid,
+                        since=since,
+                        until=until,
+                        page_size=min(limit, 1000),
+                    ),
+                    limit,
+                )
+            )
+        for record in found:
+            typer.echo(to_json(record))
+        return
+    from lkps.store.audit import AuditFilter
+
+    where = AuditFilter(
+        event=event,
+        outcome=outcome,
+        agent_id=agent.lower() if agent else None,
+        client_app_id=client_app.lower() if client_app else None,
+        actor_cwid=cwid,
+        since=since,
+        until=until,
+    )
+    for document in _with_log(lambda log: _search_local(log, where, limit)):
+        _print(document, sys.stdout)
+
+
+async def _search_local(log: AuditLog, where: AuditFilter, limit: int) -> list[dict[str, Any]]:
+    return [record.as_json() for record in await log.query(where, limit=limit)]
 
 
 @app.command("export")
 def export(
     format: Literal["jsonl"] = typer.Option("jsonl", "--format", help="Output format"),
     output: Path | None = typer.Option(None, "-o", "--output", help="File (default: stdout)"),
+    url: str | None = URL_OPTION,
+    token: str | None = TOKEN_OPTION,
+    scope: str | None = SCOPE_OPTION,
+    env: str | None = ENV_OPTION,
 ) -> None:
     """Write every record, oldest first, with its hashes, for archival or analysis."""
-
-    async def go(log: AuditLog) -> int:
-        count = 0
-        stream = output.open("w", encoding="utf-8") if output else sys.stdout
-        try:
-            async for record in log.records():
-                _print(record.as_json(), stream)
-                count += 1
-        finally:
-            if output:
-                stream.close()
-        return count
-
-    count = _with_log(go)
+    stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        if _remote(url, env):
+            with connect(url, token, scope, env) as client:
+                # The API pages newest first; archives read best oldest first.
+                documents = call(lambda: [json.loads(to_json(r)) for r in client.audit_records()])
+            documents.reverse()
+            for document in documents:
+                _print(document, stream)
+            count = len(documents)
+        else:
+            count = _with_log(lambda log: _export_local(log, stream))
+    finally:
+        if output:
+            stream.close()
     if output:
         typer.echo(f"exported {count} records to {output}", err=True)
+
+
+async def _export_local(log: AuditLog, stream: IO[str]) -> int:
+    count = 0
+    async for record in log.records():
+        _print(record.as_json(), stream)
+        count += 1
+    return count
+
+
+def _take(records: Iterator[T], limit: int) -> list[T]:
+    taken: list[T] = []
+    for record in records:
+        taken.append(record)
+        if len(taken) >= limit:
+            break
+    return taken
+
+
+def _until_seq(records: Iterator[Any], seq: int) -> Iterator[Any]:
+    for record in records:
+        if record.seq <= seq:
+            return
+        yield record
 
 
 def _print(document: dict[str, object], stream: IO[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lkps.cli import audit, db, dev, serve
+from lkps.cli import agents, audit, db, dev, serve, session
 
 app = typer.Typer(
     name="lkps",
@@ -17,6 +17,8 @@ app.command("serve")(serve.serve)
 app.add_typer(dev.app, name="dev")
 app.add_typer(db.app, name="db")
 app.add_typer(audit.app, name="audit")
+app.add_typer(session.app, name="session")
+app.add_typer(agents.app, name="agents")
 
 
 def main() -> None:

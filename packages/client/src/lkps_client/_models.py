@@ -1,0 +1,267 @@
+"""What LKPS returns, as frozen dataclasses.
+
+Each result is built from the JSON by a private parser that reads only the keys it knows,
+so a newer LKPS that adds fields does not break an older client. Timestamps become
+timezone-aware `datetime`s; lists become tuples, so results are immutable throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "AgentInfo",
+    "AuditRecord",
+    "AuthorizationOverride",
+    "ChainVerification",
+    "Session",
+]
+
+
+@dataclass(frozen=True)
+class Session:
+    """A started session: join `room_name` at `livekit_url` with `participant_token`.
+
+    The participant token is a bearer credential for the room, so it is left out of
+    `repr()`: a session printed to a log does not hand the room to whoever reads it.
+    """
+
+    room_name: str
+    livekit_url: str
+    participant_token: str = field(repr=False)
+    # Extensions of this LKPS implementation; None from a server that does not send them.
+    session_id: str | None
+    expires_at: datetime | None
+    # The `X-Request-ID` of the response: the key to LKPS's log lines and audit record.
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class AuthorizationOverride:
+    """An operator's override of one agent's client authorization.
+
+    `enforce_client_authz` None leaves enforcement to what the agent registered;
+    `additional_clients` are client app ids allowed on top of the authorization source.
+    """
+
+    agent_id: str
+    enforce_client_authz: bool | None
+    additional_clients: tuple[str, ...]
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """An agent LKPS has seen register, with its presence and effective enforcement."""
+
+    agent_id: str
+    present: bool
+    # Effective enforcement: the override's when it sets one, else the registration's.
+    enforce_client_authz: bool
+    registered_enforce_client_authz: bool
+    override: AuthorizationOverride | None
+    version: str | None
+    first_registered_at: datetime
+    last_registered_at: datetime
+    last_heartbeat_at: datetime | None
+    active_registrations: int
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One record of LKPS's hash-chained audit trail (see docs/api.md, "Audit records")."""
+
+    seq: int
+    record_id: str
+    occurred_at: datetime
+    event: str
+    outcome: str
+    status: int
+    reason: str | None
+    request_id: str | None
+    actor_tenant_id: str | None
+    actor_object_id: str | None
+    actor_cwid: str | None
+    client_app_id: str | None
+    agent_id: str | None
+    room_name: str | None
+    registration_id: str | None
+    client_ip: str | None
+    # Not hashed into __hash__ (a dict cannot be); equality still compares it.
+    details: Mapping[str, Any] = field(hash=False)
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    """The result of LKPS checking its audit chain: `ok`, or the first broken link."""
+
+    ok: bool
+    records_checked: int
+    head_seq: int
+    broken_at_seq: int | None
+    problem: str | None
+
+
+# Parsing. A shape error raises ValueError/TypeError/KeyError; the caller of these
+# functions (lkps_client._calls) turns that into UnexpectedResponseError.
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _str(document: Mapping[str, Any], key: str) -> str:
+    value = document[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key!r} is not a string")
+    return value
+
+
+def _opt_str(document: Mapping[str, Any], key: str) -> str | None:
+    value = document.get(key)
+    return None if value is None else _str(document, key)
+
+
+def _bool(document: Mapping[str, Any], key: str) -> bool:
+    value = document[key]
+    if not isinstance(value, bool):
+        raise TypeError(f"{key!r} is not a boolean")
+    return value
+
+
+def _opt_bool(document: Mapping[str, Any], key: str) -> bool | None:
+    return None if document.get(key) is None else _bool(document, key)
+
+
+def _int(document: Mapping[str, Any], key: str) -> int:
+    value = document[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{key!r} is not an integer")
+    return value
+
+
+def _opt_int(document: Mapping[str, Any], key: str) -> int | None:
+    return None if document.get(key) is None else _int(document, key)
+
+
+def _datetime(document: Mapping[str, Any], key: str) -> datetime:
+    # Python 3.11's fromisoformat reads the "Z" suffix and any fraction of a second.
+    return datetime.fromisoformat(_str(document, key))
+
+
+def _opt_datetime(document: Mapping[str, Any], key: str) -> datetime | None:
+    return None if document.get(key) is None else _datetime(document, key)
+
+
+def _str_tuple(document: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    values = document.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{key!r} is not a list of strings")
+    return tuple(values)
+
+
+def parse_session(value: Any, request_id: str | None) -> Session:
+    document = _object(value)
+    return Session(
+        room_name=_str(document, "room_name"),
+        livekit_url=_str(document, "livekit_url"),
+        participant_token=_str(document, "participant_token"),
+        session_id=_opt_str(document, "session_id"),
+        expires_at=_opt_datetime(document, "expires_at"),
+        request_id=request_id,
+    )
+
+
+def parse_override(value: Any, agent_id: str | None = None) -> AuthorizationOverride:
+    document = _object(value)
+    # The override inside an agent list entry may leave out the agent id it belongs to.
+    return AuthorizationOverride(
+        agent_id=_opt_str(document, "agent_id") or _required(agent_id, "agent_id"),
+        enforce_client_authz=_opt_bool(document, "enforce_client_authz"),
+        additional_clients=_str_tuple(document, "additional_clients"),
+        updated_at=_datetime(document, "updated_at"),
+        updated_by=_str(document, "updated_by"),
+    )
+
+
+def _required(value: str | None, key: str) -> str:
+    if value is None:
+        raise KeyError(key)
+    return value
+
+
+def parse_agent(value: Any) -> AgentInfo:
+    document = _object(value)
+    agent_id = _str(document, "agent_id")
+    override = document.get("override")
+    return AgentInfo(
+        agent_id=agent_id,
+        present=_bool(document, "present"),
+        enforce_client_authz=_bool(document, "enforce_client_authz"),
+        registered_enforce_client_authz=_bool(document, "registered_enforce_client_authz"),
+        override=None if override is None else parse_override(override, agent_id),
+        version=_opt_str(document, "version"),
+        first_registered_at=_datetime(document, "first_registered_at"),
+        last_registered_at=_datetime(document, "last_registered_at"),
+        last_heartbeat_at=_opt_datetime(document, "last_heartbeat_at"),
+        active_registrations=_int(document, "active_registrations"),
+    )
+
+
+def parse_agents(value: Any) -> list[AgentInfo]:
+    agents = _object(value)["agents"]
+    if not isinstance(agents, list):
+        raise TypeError("'agents' is not a list")
+    return [parse_agent(agent) for agent in agents]
+
+
+def parse_audit_record(value: Any) -> AuditRecord:
+    document = _object(value)
+    return AuditRecord(
+        seq=_int(document, "seq"),
+        record_id=_str(document, "record_id"),
+        occurred_at=_datetime(document, "occurred_at"),
+        event=_str(document, "event"),
+        outcome=_str(document, "outcome"),
+        status=_int(document, "status"),
+        reason=_opt_str(document, "reason"),
+        request_id=_opt_str(document, "request_id"),
+        actor_tenant_id=_opt_str(document, "actor_tenant_id"),
+        actor_object_id=_opt_str(document, "actor_object_id"),
+        actor_cwid=_opt_str(document, "actor_cwid"),
+        client_app_id=_opt_str(document, "client_app_id"),
+        agent_id=_opt_str(document, "agent_id"),
+        room_name=_opt_str(document, "room_name"),
+        registration_id=_opt_str(document, "registration_id"),
+        client_ip=_opt_str(document, "client_ip"),
+        details=dict(_object(document.get("details") or {})),
+        prev_hash=_str(document, "prev_hash"),
+        hash=_str(document, "hash"),
+    )
+
+
+def parse_audit_page(value: Any) -> tuple[list[AuditRecord], str | None]:
+    document = _object(value)
+    records = document["records"]
+    if not isinstance(records, list):
+        raise TypeError("'records' is not a list")
+    return [parse_audit_record(record) for record in records], _opt_str(document, "next_cursor")
+
+
+def parse_verification(value: Any) -> ChainVerification:
+    document = _object(value)
+    return ChainVerification(
+        ok=_bool(document, "ok"),
+        records_checked=_int(document, "records_checked"),
+        head_seq=_int(document, "head_seq"),
+        broken_at_seq=_opt_int(document, "broken_at_seq"),
+        problem=_opt_str(document, "problem"),
+    )

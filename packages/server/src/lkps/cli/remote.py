@@ -1,0 +1,77 @@
+"""Talking to a running LKPS from the command line, through `lkps-client`.
+
+Where the bearer token comes from, in order: `--token` (or LKPS_TOKEN); else Azure's
+DefaultAzureCredential (az login, managed identity, workload identity, ...) for `--scope`
+(or LKPS_SCOPE, or the scope of `--env`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from lkps.cli.common import fail
+
+if TYPE_CHECKING:
+    from lkps_client import LkpsClient
+
+URL_OPTION = typer.Option(None, "--url", envvar="LKPS_URL", help="LKPS base URL [LKPS_URL]")
+TOKEN_OPTION = typer.Option(
+    None, "--token", envvar="LKPS_TOKEN", help="Bearer token [LKPS_TOKEN]", show_default=False
+)
+SCOPE_OPTION = typer.Option(
+    None, "--scope", envvar="LKPS_SCOPE", help="Entra scope for DefaultAzureCredential [LKPS_SCOPE]"
+)
+ENV_OPTION = typer.Option(None, "--env", help="A known deployment: np or prod (URL and scope)")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON")
+
+
+def connect(url: str | None, token: str | None, scope: str | None, env: str | None) -> LkpsClient:
+    from lkps_client import LkpsClient
+
+    credential = None
+    if token is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    if env is not None:
+        try:
+            return LkpsClient.for_environment(
+                env, credential=credential, token=token, base_url=url, scope=scope
+            )
+        except ValueError as exc:
+            fail(str(exc))
+    if url is None:
+        fail("say which LKPS: --url URL (or LKPS_URL), or --env np|prod")
+    if credential is not None and scope is None:
+        fail("without --token, give --scope (the LKPS API scope, e.g. api://<lkps>/.default)")
+    return LkpsClient(url, credential=credential, scope=scope, token=token)
+
+
+def call(action: Any) -> Any:
+    """Run a client call; turn its typed errors into one clear line and exit code 1."""
+    from lkps_client import LkpsError
+
+    try:
+        return action()
+    except LkpsError as exc:
+        fail(str(exc), code=1)
+
+
+def to_json(value: Any) -> str:
+    def plain(item: Any) -> Any:
+        if is_dataclass(item) and not isinstance(item, type):
+            return {k: plain(v) for k, v in asdict(item).items()}
+        if isinstance(item, dict):
+            return {k: plain(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [plain(v) for v in item]
+        if isinstance(item, datetime):
+            return item.isoformat()
+        return item
+
+    return json.dumps(plain(value), ensure_ascii=False)

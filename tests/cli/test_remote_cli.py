@@ -1,0 +1,102 @@
+"""`lkps session start`, `lkps agents`, `lkps audit --url`: the CLI against a running LKPS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cli.processes import clean_environment, run_lkps
+from tests.conftest import AGENT, API_AUDIENCE, CLIENT_B, Served
+
+pytestmark = pytest.mark.cli
+
+
+def roles(served: Served, *names: str) -> str:
+    return served.entra.user_token(
+        audience=API_AUDIENCE, client_app_id=CLIENT_B, username="ops", roles=list(names)
+    )
+
+
+def remote(served: Served, token: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = clean_environment(LKPS_URL=served.url, LKPS_TOKEN=token)
+    return run_lkps(*args, env=env, cwd=cwd)
+
+
+def test_session_start_prints_room_url_and_token(served: Served, tmp_path: Path) -> None:
+    result = remote(
+        served, served.user_token(), "session", "start", "--agent", AGENT,
+        "--metadata", "language=en", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    session = json.loads(result.stdout)
+    assert session["room_name"].startswith(f"alice-{AGENT}-")
+    assert session["participant_token"].count(".") == 2
+    assert session["livekit_url"]
+
+
+def test_session_start_errors_are_one_clear_line(served: Served, tmp_path: Path) -> None:
+    absent = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
+    result = remote(
+        served, served.user_token(), "session", "start", "--agent", absent, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert f"Agent with app ID '{absent}' is not connected" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad = remote(
+        served,
+        served.user_token(),
+        "session",
+        "start",
+        "--agent",
+        AGENT,
+        "--metadata",
+        "novalue",
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2
+
+
+def test_agents_lists_and_overrides(served: Served, tmp_path: Path) -> None:
+    admin = roles(served, "LKPS.Admin")
+    listed = remote(served, admin, "agents", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [agent] = json.loads(listed.stdout)
+    assert agent["agent_id"] == AGENT and agent["present"] is True
+
+    changed = remote(served, admin, "agents", "override", AGENT, "--allow", CLIENT_B, cwd=tmp_path)
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["additional_clients"] == [CLIENT_B]
+    table = remote(served, admin, "agents", cwd=tmp_path)
+    assert "an operator override applies" in table.stdout
+    cleared = remote(served, admin, "agents", "clear-override", AGENT, cwd=tmp_path)
+    assert cleared.returncode == 0
+
+    refused = remote(served, served.user_token(), "agents", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "LKPS.Admin" in refused.stderr
+
+
+def test_audit_over_the_api(served: Served, tmp_path: Path) -> None:
+    auditor = roles(served, "LKPS.Auditor")
+    remote(served, served.user_token(), "session", "start", "--agent", AGENT, cwd=tmp_path)
+    verify = remote(served, auditor, "audit", "verify", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    assert "intact: 2 records" in verify.stdout
+    found = remote(served, auditor, "audit", "search", "--event", "session.start", cwd=tmp_path)
+    [record] = [json.loads(line) for line in found.stdout.splitlines()]
+    assert record["actor_cwid"] == "alice"
+    exported = remote(served, auditor, "audit", "export", cwd=tmp_path)
+    assert [json.loads(line)["seq"] for line in exported.stdout.splitlines()] == [1, 2]
+    tail = remote(served, auditor, "audit", "tail", "-n", "1", cwd=tmp_path)
+    assert [json.loads(line)["seq"] for line in tail.stdout.splitlines()] == [2]
+    refused = remote(served, roles(served, "LKPS.Admin"), "audit", "verify", cwd=tmp_path)
+    assert refused.returncode == 1
+
+
+def test_remote_commands_say_which_lkps_is_missing(tmp_path: Path) -> None:
+    result = run_lkps("agents", "--token", "x", env=clean_environment(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--url" in result.stderr
