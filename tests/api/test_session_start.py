@@ -385,6 +385,12 @@ async def test_unexpected_failure_is_500_with_the_seed_message_and_no_detail(
         def ready(self) -> bool:
             return True
 
+        async def start(self) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            pass
+
     async with running_lkps(settings, clock, entra, authorization_source=ExplodingSource()) as lkps:
         await lkps.register(AGENT)
         response = await lkps.start_session(AGENT)

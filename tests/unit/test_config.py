@@ -21,6 +21,7 @@ def servable(**overrides: object) -> Settings:
         "entra_tenant_id": TENANT,
         "entra_audiences": "api://lkps, 5c1f3d9e-0a7b-4c2d-9e8f-112233445566",
         "entra_client_id": "5c1f3d9e-0a7b-4c2d-9e8f-112233445566",
+        "entra_client_secret": "graph-secret",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -99,6 +100,14 @@ def test_file_source_needs_a_file_and_sqlite_one_worker() -> None:
         servable(authz_source="file").check_servable()
     with pytest.raises(ConfigurationError, match="SQLite"):
         servable(authz_source="file", authz_file=Path("a.json"), workers=2).check_servable()
+
+
+def test_graph_source_needs_a_secret_or_a_certificate() -> None:
+    with pytest.raises(ConfigurationError, match="LKPS_ENTRA_CLIENT_SECRET"):
+        servable(entra_client_secret="").check_servable()
+    servable(
+        entra_client_secret="", entra_client_certificate_path=Path("lkps.pem")
+    ).check_servable()
 
 
 def test_heartbeat_must_be_shorter_than_presence() -> None:

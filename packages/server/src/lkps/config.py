@@ -186,8 +186,16 @@ class Settings(BaseSettings):
             problems.append("LKPS_HEARTBEAT_INTERVAL must be shorter than LKPS_PRESENCE_TTL")
         if self.effective_authz_source == "file" and self.authz_file is None:
             problems.append("LKPS_AUTHZ_FILE is required when LKPS_AUTHZ_SOURCE=file")
-        if self.effective_authz_source == "graph" and not self.entra_client_id:
-            problems.append("LKPS_ENTRA_CLIENT_ID is required when LKPS_AUTHZ_SOURCE=graph")
+        if self.effective_authz_source == "graph":
+            if not self.entra_client_id:
+                problems.append("LKPS_ENTRA_CLIENT_ID is required when LKPS_AUTHZ_SOURCE=graph")
+            if not (
+                self.entra_client_secret.get_secret_value() or self.entra_client_certificate_path
+            ):
+                problems.append(
+                    "LKPS_ENTRA_CLIENT_SECRET or LKPS_ENTRA_CLIENT_CERTIFICATE_PATH is required "
+                    "when LKPS_AUTHZ_SOURCE=graph"
+                )
         if self.database_url.startswith("sqlite") and self.workers > 1:
             problems.append("SQLite serves one worker process; use PostgreSQL for LKPS_WORKERS>1")
         if not self.is_dev:

@@ -53,6 +53,8 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request URL at INFO; JWKS and Graph fetches are logged by us.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # azure-core logs every request (and its headers) at INFO.
+    logging.getLogger("azure").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

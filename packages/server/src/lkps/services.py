@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from lkps.audit import (
     RequestContext,
 )
 from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthorizationSource
+from lkps.authorization.graph import graph_source_from_settings
 from lkps.authorization.overrides import AuthorizationOverrides
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
@@ -69,12 +71,25 @@ class Services:
         )
 
 
-def build_authorization_source(settings: Settings) -> AuthorizationSource:
-    if settings.effective_authz_source == "file":
-        if settings.authz_file is None:
-            raise ConfigurationError("LKPS_AUTHZ_FILE is required when LKPS_AUTHZ_SOURCE=file")
-        return FileAuthorizationSource(settings.authz_file)
-    raise ConfigurationError("LKPS_AUTHZ_SOURCE=graph is not available in this build yet")
+def build_authorization_source(
+    settings: Settings, http: httpx.AsyncClient, clock: Clock
+) -> AuthorizationSource:
+    if settings.effective_authz_source == "graph":
+        return graph_source_from_settings(settings, http, clock)
+    if settings.authz_file is None:
+        raise ConfigurationError("LKPS_AUTHZ_FILE is required when LKPS_AUTHZ_SOURCE=file")
+    return FileAuthorizationSource(settings.authz_file)
+
+
+def outbound_tls(settings: Settings) -> ssl.SSLContext:
+    """The system's CAs, plus LKPS_TLS_CA_BUNDLE when set."""
+    context = ssl.create_default_context()
+    if settings.tls_ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=settings.tls_ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"LKPS_TLS_CA_BUNDLE is unusable: {exc}") from None
+    return context
 
 
 async def prepare_database(settings: Settings, db_url: str) -> None:
@@ -106,10 +121,16 @@ async def running_services(
     await prepare_database(settings, settings.database_url)
     db = Database.from_url(settings.database_url, timeout=settings.database_timeout_seconds)
     audit = AuditLog(db)
-    async with httpx.AsyncClient(transport=jwks_transport) as http:
+    async with contextlib.AsyncExitStack() as clients:
+        http = await clients.enter_async_context(httpx.AsyncClient(verify=outbound_tls(settings)))
+        jwks_http = (
+            await clients.enter_async_context(httpx.AsyncClient(transport=jwks_transport))
+            if jwks_transport
+            else http
+        )
         jwks = JwksCache(
             settings.jwks_url,
-            http,
+            jwks_http,
             clock,
             refresh_cooldown=settings.entra_jwks_refresh_cooldown_seconds,
             refresh_interval=settings.entra_jwks_refresh_interval_seconds,
@@ -124,7 +145,8 @@ async def running_services(
             presence_ttl=settings.presence_ttl,
             default_enforce=settings.default_enforce_client_authz,
         )
-        authorizer = ClientAuthorizer(authorization_source or build_authorization_source(settings))
+        source = authorization_source or build_authorization_source(settings, http, clock)
+        authorizer = ClientAuthorizer(source)
         services = Services(
             settings=settings,
             clock=clock,
@@ -157,6 +179,7 @@ async def running_services(
         )
         await audit.start()
         await jwks.refresh()
+        await source.start()
         services.background += [
             asyncio.create_task(jwks.run_background_refresh(), name="lkps-jwks-refresh"),
             asyncio.create_task(_expire_registrations(services), name="lkps-presence-sweeper"),
@@ -169,6 +192,7 @@ async def running_services(
             for task in services.background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await source.aclose()
             await audit.stop()
             await db.dispose()
 

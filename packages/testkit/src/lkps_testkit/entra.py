@@ -4,7 +4,12 @@ Claim sets follow what Entra issues for v1.0 and v2.0 access tokens, delegated
 (a signed-in user, `scp`) and app-only (client credentials, `roles`, `idtyp: app`),
 so that the LKPS validator is exercised on the shapes it meets in production. The ASGI
 app serves the endpoints LKPS and its SDKs use: OpenID configuration, the JWKS, and
-the v2.0 token endpoint (client credentials).
+the v2.0 token endpoint (client credentials, with a client secret or a certificate's
+signed client assertion).
+
+Like Entra, the token endpoint issues a token in the version the resource accepts:
+Microsoft Graph takes v1.0 tokens (`iss` sts.windows.net, `appid`), whatever endpoint
+version asked for them.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
@@ -28,6 +35,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 LOGIN_HOST = "https://login.microsoftonline.com"
+# Microsoft Graph as a resource: its App ID URI and its well-known application id.
+GRAPH_RESOURCE = "https://graph.microsoft.com"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _NAMESPACE = uuid.UUID("6f1c2f0e-8f5e-4b8e-9a43-3c1b8f0b7a11")
 
 
@@ -88,8 +99,15 @@ class EntraDouble:
     user_domain: str = "contoso.example"
     # Registered confidential clients for the token endpoint: client id -> secret.
     client_secrets: dict[str, str] = field(default_factory=dict)
+    # Certificates registered on a client's app registration (client assertion, PS256/RS256).
+    client_certificates: dict[str, list[x509.Certificate]] = field(default_factory=dict)
     # App roles granted to a client for a resource (audience): (client, audience) -> roles.
+    # Graph's application id and App ID URI name the same resource.
     app_role_assignments: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # Access token version a resource accepts (its `requestedAccessTokenVersion`); others: 2.0.
+    resource_token_versions: dict[str, str] = field(
+        default_factory=lambda: {GRAPH_RESOURCE: "1.0", GRAPH_APP_ID: "1.0"}
+    )
     jwks_available: bool = True
     jwks_requests: int = 0
     token_requests: int = 0
@@ -267,21 +285,43 @@ class EntraDouble:
         self.token_requests += 1
         if not self._known_tenant(request):
             return _aad_error(400, "invalid_request", "AADSTS90002", "tenant not found")
-        form = await request.form()
+        form = await _url_encoded_form(request)
         if form.get("grant_type") != "client_credentials":
             return _aad_error(400, "unsupported_grant_type", "AADSTS70003", "unsupported grant")
         client_id = str(form.get("client_id", ""))
-        expected = self.client_secrets.get(client_id)
-        if expected is None:
+        if client_id not in self.client_secrets and client_id not in self.client_certificates:
             return _aad_error(400, "unauthorized_client", "AADSTS700016", "application not found")
-        if not secrets.compare_digest(str(form.get("client_secret", "")), expected):
-            return _aad_error(401, "invalid_client", "AADSTS7000215", "invalid client secret")
+        if "client_assertion" in form:
+            failure = self._check_client_assertion(
+                request, client_id, str(form.get("client_assertion_type", "")), form
+            )
+            if failure is not None:
+                return failure
+        elif "client_secret" in form:
+            expected = self.client_secrets.get(client_id)
+            if expected is None or not secrets.compare_digest(
+                str(form.get("client_secret", "")), expected
+            ):
+                return _aad_error(401, "invalid_client", "AADSTS7000215", "invalid client secret")
+        else:
+            return _aad_error(
+                401,
+                "invalid_client",
+                "AADSTS7000218",
+                "the request body must contain 'client_assertion' or 'client_secret'",
+            )
         scope = str(form.get("scope", ""))
         if not scope.endswith("/.default"):
             return _aad_error(400, "invalid_scope", "AADSTS1002012", "scope must end in /.default")
         audience = scope.removesuffix("/.default")
-        roles = self.app_role_assignments.get((client_id, audience), [])
-        token = self.app_token(audience=audience, client_app_id=client_id, roles=roles)
+        resource = GRAPH_RESOURCE if audience == GRAPH_APP_ID else audience
+        roles = self.app_role_assignments.get((client_id, resource), [])
+        token = self.app_token(
+            audience=audience,
+            client_app_id=client_id,
+            roles=roles,
+            version=self.resource_token_versions.get(audience, "2.0"),
+        )
         return JSONResponse(
             {
                 "token_type": "Bearer",
@@ -291,8 +331,64 @@ class EntraDouble:
             }
         )
 
+    def _check_client_assertion(
+        self, request: Request, client_id: str, assertion_type: str, form: Mapping[str, Any]
+    ) -> JSONResponse | None:
+        """Verify a certificate credential's client assertion; an error response if it fails."""
+        if assertion_type != CLIENT_ASSERTION_TYPE:
+            return _aad_error(400, "invalid_request", "AADSTS50027", "unsupported assertion type")
+        assertion = str(form.get("client_assertion", ""))
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.PyJWTError:
+            return _aad_error(401, "invalid_client", "AADSTS50027", "malformed client assertion")
+        # Thumbprints are base64url, with or without padding (azure-identity keeps it).
+        x5t_s256 = str(header.get("x5t#S256", "")).rstrip("=")
+        x5t = str(header.get("x5t", "")).rstrip("=")
+        certificate = next(
+            (
+                cert
+                for cert in self.client_certificates.get(client_id, [])
+                if x5t_s256 == _b64url(cert.fingerprint(hashes.SHA256()))
+                or x5t == _b64url(cert.fingerprint(hashes.SHA1()))  # noqa: S303 (an identifier, as Entra uses it)
+            ),
+            None,
+        )
+        if certificate is None:
+            return _aad_error(
+                401,
+                "invalid_client",
+                "AADSTS700027",
+                "the certificate used to sign the client assertion is not registered",
+            )
+        token_url = str(request.url.replace(query=""))
+        try:
+            claims = jwt.decode(
+                assertion,
+                certificate.public_key(),  # type: ignore[arg-type]
+                algorithms=["PS256", "RS256"],
+                audience=[token_url, f"{LOGIN_HOST}{request.url.path}"],
+                issuer=client_id,
+                options={"require": ["exp", "nbf", "aud", "iss", "sub", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            return _aad_error(
+                401, "invalid_client", "AADSTS700027", f"client assertion failed validation: {exc}"
+            )
+        if claims.get("sub") != client_id:
+            return _aad_error(401, "invalid_client", "AADSTS700023", "assertion subject mismatch")
+        return None
+
     def _known_tenant(self, request: Request) -> bool:
         return request.path_params["tenant"] in {self.tenant_id, "common", "organizations"}
+
+
+async def _url_encoded_form(request: Request) -> dict[str, str]:
+    """The token request's `application/x-www-form-urlencoded` body (first value per key).
+
+    Parsed here rather than with `request.form()`, which needs python-multipart."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return {key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()}
 
 
 def _aad_error(status: int, error: str, code: str, description: str) -> JSONResponse:

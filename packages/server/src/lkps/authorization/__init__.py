@@ -7,6 +7,7 @@ it. Sources fail closed: when they cannot answer, the caller gets 503, never an 
 
 from lkps.authorization.authorizer import AuthorizationDecision, ClientAuthorizer
 from lkps.authorization.file import FileAuthorizationSource
+from lkps.authorization.graph import GraphAuthorizationSource
 from lkps.authorization.source import AuthorizationSource, AuthorizationUnavailable
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "AuthorizationUnavailable",
     "ClientAuthorizer",
     "FileAuthorizationSource",
+    "GraphAuthorizationSource",
 ]

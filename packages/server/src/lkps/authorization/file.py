@@ -74,6 +74,12 @@ class FileAuthorizationSource:
             return False
         return True
 
+    async def start(self) -> None:
+        self.ready()  # load now, so a broken file shows in the first log lines
+
+    async def aclose(self) -> None:
+        pass
+
     def _current(self) -> dict[str, frozenset[str]]:
         try:
             stat = os.stat(self._path)

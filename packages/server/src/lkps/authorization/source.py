@@ -27,3 +27,11 @@ class AuthorizationSource(Protocol):
     def ready(self) -> bool:
         """Whether the source can currently answer (for `/api/health/ready`)."""
         ...
+
+    async def start(self) -> None:
+        """Prepare at startup (e.g. check credentials). Never raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the source holds."""
+        ...

@@ -136,7 +136,7 @@ def _tail_remote(lines: int, follow: bool, client: Any) -> None:
         last = newest[0].seq if newest else 0
         while follow:
             time.sleep(2)
-            fresh = call(lambda: list(_until_seq(client.audit_records(page_size=100), last)))
+            fresh = call(lambda seen=last: list(_until_seq(client.audit_records(), seen)))
             for record in reversed(fresh):
                 typer.echo(to_json(record))
             last = fresh[0].seq if fresh else last
