@@ -21,7 +21,7 @@ from lkps.authorization.file import write_authorization_file
 from lkps.config import Settings
 from lkps.services import Services
 from lkps.store.migrate import upgrade
-from lkps_testkit import EntraDouble, ServerThread, SigningKey
+from lkps_testkit import EntraDouble, ServerThread, SigningKey, TlsFiles, generate_tls_files
 
 API_AUDIENCE = "api://livekit-platform-service-test.example.com"
 LKPS_CLIENT_ID = "5c1f3d9e-0a7b-4c2d-9e8f-112233445566"
@@ -72,6 +72,19 @@ def entra(_entra_session: EntraDouble) -> Iterator[EntraDouble]:
     yield _entra_session
     _entra_session.keys[:] = keys
     _entra_session.jwks_available = True
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throwaway CA and a certificate for 127.0.0.1, for servers that must be https."""
+    return generate_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def entra_tls_server(_entra_session: EntraDouble, tls: TlsFiles) -> Iterator[ServerThread]:
+    """The same Entra double over TLS: azure-identity only talks to an https authority."""
+    with ServerThread(_entra_session.asgi_app(), tls=tls) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 from lkps_testkit import EntraDouble, ServerThread
 from lkps_testkit.entra import GRAPH_RESOURCE
 from lkps_testkit.graph import GraphDouble
-from lkps_testkit.tls import TlsFiles, generate_tls_files
+from lkps_testkit.tls import TlsFiles
 from tests.api.util import running_lkps
 from tests.conftest import AGENT, AGENT_2, CLIENT_A, CLIENT_B, LKPS_CLIENT_ID, FakeClock, Lkps
 
@@ -22,17 +22,6 @@ pytestmark = pytest.mark.api
 
 LKPS_SECRET = "lkps-own-graph-secret"
 NOT_AUTHORIZED = "You are not authorized to access this agent"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return generate_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def entra_tls_server(_entra_session: EntraDouble, tls: TlsFiles) -> Iterator[ServerThread]:
-    with ServerThread(_entra_session.asgi_app(), tls=tls) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,18 @@ from lkps_client import (
     NotFoundError,
     Session,
 )
+from lkps_testkit import EntraDouble, ServerThread, TlsFiles
 from tests.client.conftest import FakeAsyncCredential, FakeCredential
-from tests.conftest import AGENT, AGENT_2, CLIENT_B, LIVEKIT_URL, Lkps, Served
+from tests.conftest import (
+    AGENT,
+    AGENT_2,
+    API_AUDIENCE,
+    CLIENT_A,
+    CLIENT_B,
+    LIVEKIT_URL,
+    Lkps,
+    Served,
+)
 
 pytestmark = pytest.mark.api
 
@@ -225,3 +235,31 @@ async def test_async_client_refuses_a_sync_credential(present: Lkps) -> None:
         )
         with pytest.raises(TypeError, match=r"azure\.identity\.aio"):
             await client.start_session(AGENT)
+
+
+def test_real_azure_identity_credential(
+    served: Served, entra: EntraDouble, entra_tls_server: ServerThread, tls: TlsFiles
+) -> None:
+    """A backend's client-credentials login with azure-identity itself, against the Entra
+    double over TLS, then a session with the token it obtained."""
+    from azure.identity import ClientSecretCredential
+
+    entra.client_secrets[CLIENT_A] = "backend-secret"
+    try:
+        credential = ClientSecretCredential(
+            entra.tenant_id,
+            CLIENT_A,
+            "backend-secret",
+            authority=entra_tls_server.url,
+            connection_verify=tls.ca_cert,
+            # MSAL would otherwise ask login.microsoftonline.com about this authority.
+            disable_instance_discovery=True,
+        )
+        with LkpsClient(
+            served.url, credential=credential, scope=f"{API_AUDIENCE}/.default"
+        ) as client:
+            session = client.start_session(AGENT)
+        assert session.room_name.startswith(f"{CLIENT_A}-{AGENT}-")  # app-only: cwid = client id
+        assert entra.token_requests >= 1
+    finally:
+        entra.client_secrets.pop(CLIENT_A, None)
