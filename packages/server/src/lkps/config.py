@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     authz_file: Path | None = None
     default_enforce_client_authz: bool = True
 
+    # Rate limits: token buckets of N requests per window (0: no limit).
+    rate_limit_window_seconds: float = Field(default=60.0, gt=0)
+    rate_limit_session_per_client: int = Field(default=6000, ge=0)
+    rate_limit_session_per_user: int = Field(default=60, ge=0)
+    rate_limit_register_per_agent: int = Field(default=120, ge=0)
+    # Shared state across replicas (rate-limit counters). Optional: without it each
+    # replica limits on its own.
+    redis_url: str = ""
+
     # Store.
     database_url: str = "sqlite+aiosqlite:///./var/lkps.db"
     database_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -29,6 +29,9 @@ from lkps.authorization.overrides import AuthorizationOverrides
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.identity import JwksCache, TokenValidator
+from lkps.limits.buckets import BucketStore, LocalBuckets
+from lkps.limits.limiter import LimitSettings, RateLimiter
+from lkps.limits.redis import RedisBuckets
 from lkps.livekit import TokenMinter
 from lkps.sessions import SessionService
 from lkps.store import Database
@@ -51,6 +54,7 @@ class Services:
     sessions: SessionService
     minter: TokenMinter
     overrides: AuthorizationOverrides
+    limits: RateLimiter
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def audit_scope(
@@ -79,6 +83,22 @@ def build_authorization_source(
     if settings.authz_file is None:
         raise ConfigurationError("LKPS_AUTHZ_FILE is required when LKPS_AUTHZ_SOURCE=file")
     return FileAuthorizationSource(settings.authz_file)
+
+
+def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
+    local = LocalBuckets(clock)
+    store: BucketStore = (
+        RedisBuckets.from_url(settings.redis_url, local) if settings.redis_url else local
+    )
+    return RateLimiter(
+        store,
+        LimitSettings(
+            window_seconds=settings.rate_limit_window_seconds,
+            session_per_client=settings.rate_limit_session_per_client,
+            session_per_user=settings.rate_limit_session_per_user,
+            register_per_agent=settings.rate_limit_register_per_agent,
+        ),
+    )
 
 
 def outbound_tls(settings: Settings) -> ssl.SSLContext:
@@ -176,6 +196,7 @@ async def running_services(
             ),
             minter=minter,
             overrides=AuthorizationOverrides(db, clock),
+            limits=build_rate_limiter(settings, clock),
         )
         await audit.start()
         await jwks.refresh()
@@ -193,6 +214,7 @@ async def running_services(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await source.aclose()
+            await services.limits.aclose()
             await audit.stop()
             await db.dispose()
 

@@ -25,6 +25,7 @@ from lkps.api.schemas import (
 )
 from lkps.audit import AuditEvent, AuditScope, AuditUnavailable
 from lkps.errors import Forbidden, ServiceUnavailable
+from lkps.limits.limiter import Limit
 from lkps.services import Services
 
 router = APIRouter(prefix="/api/agent", tags=["agents"])
@@ -55,7 +56,7 @@ async def authenticate_agent(
     response_model=AgentRegisterResponse,
     dependencies=[BearerDoc],
     openapi_extra=json_body(AgentRegisterRequest, required=False),
-    responses=error_responses(400, 401, 403, 413, 415, 500, 503),
+    responses=error_responses(400, 401, 403, 413, 415, 429, 500, 503),
 )
 async def register(
     request: Request, services: ServicesDep, context: RequestContextDep
@@ -67,6 +68,7 @@ async def register(
     try:
         async with services.audit_scope(AuditEvent.AGENT_REGISTER, context) as audit:
             agent_id = await authenticate_agent(request, services, audit)
+            await services.limits.check(Limit.REGISTER_PER_AGENT, agent_id)
             body = await read_json_body(
                 request, AgentRegisterRequest, max_bytes=settings.max_body_bytes, required=False
             )

@@ -15,6 +15,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     413: "The request body is too large",
     415: "The request body is not JSON",
+    429: "Too many requests from this client app, user or agent; see Retry-After",
     500: "Unexpected failure",
     503: "The store or the authorization source is unavailable; retry later",
 }

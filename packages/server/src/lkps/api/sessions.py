@@ -30,6 +30,7 @@ from lkps.api.schemas import (
 )
 from lkps.audit import AuditEvent, RequestContext
 from lkps.errors import BadRequest
+from lkps.limits.limiter import Limit
 from lkps.services import Services
 from lkps.sessions import StartedSession
 from lkps.sessions.metadata import check_metadata, dispatch_metadata
@@ -55,6 +56,9 @@ async def start_audited(
         AuditEvent.SESSION_START, context, failure_message=SESSION_FAILED
     ) as audit:
         caller = await authenticate(request, services, audit)
+        await services.limits.check(Limit.SESSION_PER_CLIENT, caller.client_app_id)
+        if not caller.app_only:
+            await services.limits.check(Limit.SESSION_PER_USER, caller.subject_key)
         wanted = await read(request, services)
         audit.set(agent_id=str(wanted.agent_id))
         session = await services.sessions.start(caller, wanted.agent_id, wanted.metadata)
@@ -81,7 +85,7 @@ async def read_session_start(request: Request, services: Services) -> WantedSess
     response_model=SessionStartResponse,
     dependencies=[BearerDoc],
     openapi_extra=json_body(SessionStartRequest),
-    responses=error_responses(400, 401, 403, 404, 413, 415, 500, 503),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 429, 500, 503),
 )
 async def start_session(
     request: Request, services: ServicesDep, context: RequestContextDep
@@ -168,7 +172,7 @@ def _dispatch_metadata(text: str) -> dict[str, Any] | None:
     response_model=TokenSourceResponse,
     dependencies=[BearerDoc],
     openapi_extra=json_body(TokenSourceRequest),
-    responses=error_responses(400, 401, 403, 404, 413, 415, 500, 503),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 429, 500, 503),
 )
 async def token_endpoint(
     request: Request, services: ServicesDep, context: RequestContextDep
