@@ -40,10 +40,11 @@ def test_serve_runs_the_service(
 ) -> None:
     authz = tmp_path / "authz.json"
     write_authorization_file(authz, {AGENT: [CLIENT_A]})
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = clean_environment(
         LKPS_ENV="np",
         LKPS_PORT=str(port),
+        LKPS_METRICS_PORT=str(metrics_port),
         LKPS_LIVEKIT_URL="wss://livekit.test.example",
         LKPS_LIVEKIT_API_KEY=LIVEKIT_KEY,
         LKPS_LIVEKIT_API_SECRET=LIVEKIT_SECRET,
@@ -73,6 +74,13 @@ def test_serve_runs_the_service(
         )
         assert started.status_code == 200, started.text
         assert "server" not in started.headers
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert (
+            'lkps_session_starts_total{agent="' + AGENT + '",outcome="granted",status="200"} 1.0'
+            in metrics
+        )
+        assert "lkps_audit_write_seconds_bucket" in metrics
+        assert "/api/session/start" not in httpx.get(f"{base}/metrics").text  # not on the API port
     # uvicorn finishes in-flight work on SIGTERM, then re-raises the signal.
     assert process.returncode in (0, -15)
     assert "Application shutdown complete" in process_output(tmp_path)

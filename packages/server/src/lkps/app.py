@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from lkps import __version__
 from lkps.api import admin, agents, audit, health, sessions
 from lkps.api.errors import install_error_handlers
+from lkps.api.metrics_middleware import MetricsMiddleware
 from lkps.api.middleware import RequestIdMiddleware
 from lkps.authorization import AuthorizationSource
 from lkps.clock import Clock
@@ -52,6 +53,7 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for router in (health.router, sessions.router, agents.router, admin.router, audit.router):
         app.include_router(router)

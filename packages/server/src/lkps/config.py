@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65_535)
     workers: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=65_536, ge=1024)
+    # Prometheus metrics on their own port, bound to LKPS_METRICS_HOST (default: LKPS_HOST).
+    metrics_port: int = Field(default=9464, ge=0, le=65_535)
+    metrics_host: str = ""
     log_level: str = "INFO"
 
     @classmethod
@@ -205,6 +208,8 @@ class Settings(BaseSettings):
                     "LKPS_ENTRA_CLIENT_SECRET or LKPS_ENTRA_CLIENT_CERTIFICATE_PATH is required "
                     "when LKPS_AUTHZ_SOURCE=graph"
                 )
+        if self.metrics_port and self.metrics_port == self.port:
+            problems.append("LKPS_METRICS_PORT must differ from LKPS_PORT")
         if self.database_url.startswith("sqlite") and self.workers > 1:
             problems.append("SQLite serves one worker process; use PostgreSQL for LKPS_WORKERS>1")
         if not self.is_dev:

@@ -28,11 +28,13 @@ from lkps.authorization.graph import graph_source_from_settings
 from lkps.authorization.overrides import AuthorizationOverrides
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
+from lkps.errors import ServiceUnavailable
 from lkps.identity import JwksCache, TokenValidator
 from lkps.limits.buckets import BucketStore, LocalBuckets
 from lkps.limits.limiter import LimitSettings, RateLimiter
 from lkps.limits.redis import RedisBuckets
 from lkps.livekit import TokenMinter
+from lkps.metrics import AGENTS_PRESENT, AGENTS_REGISTERED, REGISTRATIONS_LIVE
 from lkps.sessions import SessionService
 from lkps.store import Database
 from lkps.store.engine import is_sqlite
@@ -201,6 +203,8 @@ async def running_services(
         await audit.start()
         await jwks.refresh()
         await source.start()
+        with contextlib.suppress(ServiceUnavailable):
+            await update_agent_gauges(services)
         services.background += [
             asyncio.create_task(jwks.run_background_refresh(), name="lkps-jwks-refresh"),
             asyncio.create_task(_expire_registrations(services), name="lkps-presence-sweeper"),
@@ -230,8 +234,16 @@ async def _expire_registrations(services: Services) -> None:
         await asyncio.sleep(interval)
         try:
             await sweep_expired_registrations(services)
+            await update_agent_gauges(services)
         except Exception:
             log.exception("presence sweep failed; will retry")
+
+
+async def update_agent_gauges(services: Services) -> None:
+    counts = await services.registry.counts()
+    AGENTS_REGISTERED.set(counts.registered)
+    AGENTS_PRESENT.set(counts.present)
+    REGISTRATIONS_LIVE.set(counts.live_registrations)
 
 
 async def sweep_expired_registrations(services: Services) -> int:

@@ -141,6 +141,10 @@ class AgentRegistry:
             frozenset(facts.additional_clients),
         )
 
+    async def counts(self) -> queries.AgentCounts:
+        async with self._db.session() as session:
+            return await queries.agent_counts(session, self._clock.now())
+
     async def summaries(self) -> list[queries.AgentSummary]:
         async with self._db.session() as session:
             return await queries.agent_summaries(session, self._clock.now())

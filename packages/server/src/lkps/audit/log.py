@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from lkps.audit.chain import ChainVerification, canonical_json, record_hash, verify_chain
 from lkps.audit.records import AuditEntry, AuditRecord
 from lkps.errors import ServiceUnavailable
+from lkps.metrics import AUDIT_BATCH, AUDIT_FAILURES, AUDIT_WRITE
 from lkps.store import Database, StoreUnavailable
 from lkps.store import audit as queries
 from lkps.store.engine import UNAVAILABLE_MESSAGE
@@ -81,16 +83,20 @@ class AuditLog:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._write_timeout):
                 records = await self._write([entry for entry, _ in batch])
         except (StoreUnavailable, TimeoutError) as exc:
+            AUDIT_FAILURES.inc()
             failure = AuditUnavailable(type(exc).__name__)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(failure)
             return
         self.batches_written += 1
+        AUDIT_WRITE.observe(time.perf_counter() - started)
+        AUDIT_BATCH.observe(len(batch))
         for (_, future), record in zip(batch, records, strict=True):
             if not future.done():
                 future.set_result(record)

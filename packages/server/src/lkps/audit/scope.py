@@ -27,6 +27,7 @@ from lkps.audit.records import AuditEntry, AuditEvent, AuditRecord, Outcome
 from lkps.clock import Clock
 from lkps.errors import InternalError, LKPSError
 from lkps.identity.caller import Caller
+from lkps.metrics import AUDIT_RECORDS, SESSION_STARTS
 
 log = logging.getLogger("lkps.audit")
 
@@ -35,6 +36,17 @@ log = logging.getLogger("lkps.audit")
 class RequestContext:
     request_id: str | None
     client_ip: str | None
+
+
+# Statuses after which a session start's agent is one LKPS knows (registered).
+_KNOWN_AGENT_STATUSES = frozenset({200, 403})
+
+
+def count(entry: AuditEntry) -> None:
+    AUDIT_RECORDS.labels(str(entry.event), str(entry.outcome)).inc()
+    if entry.event == AuditEvent.SESSION_START:
+        agent = entry.agent_id if entry.status in _KNOWN_AGENT_STATUSES and entry.agent_id else "-"
+        SESSION_STARTS.labels(str(entry.outcome), str(entry.status), agent).inc()
 
 
 class AuditScope:
@@ -123,6 +135,7 @@ class AuditScope:
                 extra={"audit_event": str(self.entry.event), "reason": failure.reason},
             )
             raise failure from cause
+        count(self.entry)
         level = logging.INFO if self.entry.outcome != Outcome.DENIED else logging.WARNING
         log.log(
             level,

@@ -70,6 +70,7 @@ from azure.identity.aio import CertificateCredential, ClientSecretCredential
 from lkps.authorization.source import AuthorizationUnavailable
 from lkps.clock import Clock
 from lkps.config import ConfigurationError, Settings
+from lkps.metrics import GRAPH_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,13 @@ def _canonical_app_id(value: str) -> str | None:
         return str(uuid.UUID(value.strip()))
     except (ValueError, AttributeError):
         return None
+
+
+def _outcome_of(status: int) -> str:
+    """A bounded label for a Graph answer, for metrics."""
+    return {200: "ok", 404: "not_found", 429: "throttled", 401: "refused", 403: "refused"}.get(
+        status, "error"
+    )
 
 
 def _odata_error_code(response: httpx.Response) -> str | None:
@@ -469,12 +477,13 @@ class GraphAuthorizationSource:
                     },
                     timeout=self._timeout,
                 )
-        except TimeoutError:
-            raise _LookupFailed(f"Graph did not answer within {self._timeout:g}s") from None
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
+            GRAPH_REQUESTS.labels("timeout").inc()
             raise _LookupFailed(f"Graph did not answer within {self._timeout:g}s") from None
         except httpx.HTTPError as exc:
+            GRAPH_REQUESTS.labels("error").inc()
             raise _LookupFailed(f"Graph request failed: {type(exc).__name__}") from None
+        GRAPH_REQUESTS.labels(_outcome_of(response.status_code)).inc()
 
         status = response.status_code
         request_id = response.headers.get("request-id", client_request_id)

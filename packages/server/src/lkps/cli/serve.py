@@ -7,6 +7,7 @@ import os
 import typer
 
 from lkps.cli.common import fail, load_settings
+from lkps.cli.metrics_server import prepare_worker_metrics, start_metrics_server
 from lkps.config import ConfigurationError
 from lkps.logs import configure_logging
 
@@ -27,6 +28,11 @@ def serve(
     except ConfigurationError as exc:
         fail(f"cannot serve: {exc}")
     configure_logging(settings.log_level)
+    prepare_worker_metrics(settings)
+    try:
+        start_metrics_server(settings)
+    except ConfigurationError as exc:
+        fail(str(exc))
     import uvicorn
 
     uvicorn.run(

@@ -18,6 +18,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
 from lkps.clock import Clock
+from lkps.metrics import JWKS_FETCHES
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class JwksCache:
             keys = parse_signing_keys(response.json())
         except (httpx.HTTPError, ValueError, TypeError, JwksUnavailable) as exc:
             self.failure_count += 1
+            JWKS_FETCHES.labels("error").inc()
             log.warning(
                 "JWKS fetch failed; keeping %d known keys",
                 len(self._keys),
@@ -121,7 +123,9 @@ class JwksCache:
             return
         if not keys:
             self.failure_count += 1
+            JWKS_FETCHES.labels("no_keys").inc()
             log.warning("JWKS document has no usable RSA keys; keeping the known ones")
             return
         self._keys = keys
+        JWKS_FETCHES.labels("ok").inc()
         log.info("JWKS refreshed", extra={"jwks_url": self._url, "key_count": len(keys)})

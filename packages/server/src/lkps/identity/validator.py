@@ -22,6 +22,7 @@ from lkps.clock import Clock
 from lkps.errors import Unauthenticated
 from lkps.identity.caller import Caller, client_app_id, extract_cwid, is_app_only
 from lkps.identity.jwks import JwksCache
+from lkps.metrics import TOKEN_CACHE
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,15 @@ class VerifiedTokenCache:
 
     def get(self, digest: bytes, now: float) -> _Verified | None:
         entry = self._entries.get(digest)
-        if entry is None:
+        if entry is None or now >= entry.expires_at:
+            if entry is not None:
+                del self._entries[digest]
             self.misses += 1
-            return None
-        if now >= entry.expires_at:
-            del self._entries[digest]
-            self.misses += 1
+            TOKEN_CACHE.labels("miss").inc()
             return None
         self._entries.move_to_end(digest)
         self.hits += 1
+        TOKEN_CACHE.labels("hit").inc()
         return entry
 
     def put(self, digest: bytes, entry: _Verified) -> None:

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from lkps.errors import LKPSError
 from lkps.limits.buckets import Bucket, BucketStore
+from lkps.metrics import RATE_LIMITED
 
 
 class Limit(StrEnum):
@@ -60,6 +61,7 @@ class RateLimiter:
         wait = await self.store.take(f"{limit}:{key}", Bucket(capacity, self._window))
         if wait > 0:
             self.hits[limit] += 1
+            RATE_LIMITED.labels(str(limit)).inc()
             raise TooManyRequests(limit, wait)
 
     async def aclose(self) -> None:

@@ -197,6 +197,25 @@ async def reopen_registrations(session: AsyncSession, registration_ids: list[str
 
 
 @dataclass(frozen=True, slots=True)
+class AgentCounts:
+    registered: int
+    present: int
+    live_registrations: int
+
+
+async def agent_counts(session: AsyncSession, now: datetime) -> AgentCounts:
+    registered = (await session.execute(select(func.count()).select_from(AgentRow))).scalar_one()
+    present, live = (
+        await session.execute(
+            select(func.count(func.distinct(RegistrationRow.agent_id)), func.count()).where(
+                *_live(now)
+            )
+        )
+    ).one()
+    return AgentCounts(int(registered), int(present), int(live))
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSummary:
     agent_id: str
     enforce_client_authz: bool

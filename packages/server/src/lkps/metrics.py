@@ -1,0 +1,69 @@
+"""Prometheus metrics, served by `lkps serve` on their own port (LKPS_METRICS_PORT).
+
+With several worker processes every worker writes its samples to
+PROMETHEUS_MULTIPROC_DIR (which `lkps serve` sets up) and the metrics server in the
+parent process adds them up; with one worker the process's own registry is served.
+
+Label values are bounded: routes are route templates, agents appear only where LKPS
+knows them (a registered agent's granted or refused session), never as sent.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+HTTP_REQUESTS = Counter(
+    "lkps_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "lkps_http_request_duration_seconds",
+    "Time from request to the end of the response",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+SESSION_STARTS = Counter(
+    "lkps_session_starts_total",
+    "Session starts by outcome, status and agent (agent '-' where none is established)",
+    ["outcome", "status", "agent"],
+)
+AUDIT_RECORDS = Counter("lkps_audit_records_total", "Audit records written", ["event", "outcome"])
+AUDIT_WRITE = Histogram(
+    "lkps_audit_write_seconds",
+    "Time to commit one batch of audit records",
+    buckets=LATENCY_BUCKETS,
+)
+AUDIT_BATCH = Histogram(
+    "lkps_audit_batch_records",
+    "Audit records committed per transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+AUDIT_FAILURES = Counter(
+    "lkps_audit_write_failures_total", "Audit batches that could not be committed"
+)
+AGENTS_REGISTERED = Gauge(
+    "lkps_agents_registered", "Agents that ever registered", multiprocess_mode="max"
+)
+AGENTS_PRESENT = Gauge(
+    "lkps_agents_present", "Agents with at least one live registration", multiprocess_mode="max"
+)
+REGISTRATIONS_LIVE = Gauge(
+    "lkps_agent_registrations_live",
+    "Live agent registrations (worker processes)",
+    multiprocess_mode="max",
+)
+JWKS_FETCHES = Counter(
+    "lkps_jwks_fetches_total", "Fetches of the tenant's signing keys", ["outcome"]
+)
+GRAPH_REQUESTS = Counter(
+    "lkps_graph_requests_total",
+    "Microsoft Graph reads of pre-authorized clients",
+    ["outcome"],
+)
+RATE_LIMITED = Counter("lkps_rate_limited_total", "Requests refused by a rate limit", ["limit"])
+TOKEN_CACHE = Counter(
+    "lkps_verified_token_cache_total",
+    "Entra token checks answered from the verified-token cache, or verified anew",
+    ["result"],
+)

@@ -1,0 +1,87 @@
+"""What the Prometheus metrics say after real requests (deltas: the registry is the
+process's, shared by every test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from lkps.services import update_agent_gauges
+from lkps_testkit import EntraDouble
+from tests.api.util import running_lkps
+from tests.conftest import AGENT, CLIENT_B, FakeClock, Lkps
+
+pytestmark = pytest.mark.api
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Delta:
+    def __init__(self, name: str, **labels: str) -> None:
+        self.name, self.labels = name, labels
+        self.start = sample(name, **labels)
+
+    @property
+    def value(self) -> float:
+        return sample(self.name, **self.labels) - self.start
+
+
+async def test_requests_are_counted_by_route_template(lkps: Lkps) -> None:
+    override = Delta(
+        "lkps_http_requests_total",
+        method="GET",
+        route="/api/agents/{agent_id}/authorization",
+        status="403",
+    )
+    unmatched = Delta("lkps_http_requests_total", method="GET", route="unmatched", status="404")
+    latency = Delta("lkps_http_request_duration_seconds_count", method="GET", route="/api/health")
+    for agent in ("aaaaaaaa-aaaa-4aaa-8aaa-00000000000" + str(i) for i in range(3)):
+        await lkps.http.get(
+            f"/api/agents/{agent}/authorization",
+            headers={"Authorization": f"Bearer {lkps.user_token()}"},
+        )
+    for i in range(5):
+        await lkps.http.get(f"/no/such/path/{i}")
+    await lkps.http.get("/api/health")
+    assert override.value == 3  # one series for every agent id in the path
+    assert unmatched.value == 5  # and one for every unknown path
+    assert latency.value == 1
+
+
+async def test_session_starts_by_outcome_and_agent(lkps: Lkps) -> None:
+    granted = Delta("lkps_session_starts_total", outcome="granted", status="200", agent=AGENT)
+    refused = Delta("lkps_session_starts_total", outcome="denied", status="403", agent=AGENT)
+    absent = Delta("lkps_session_starts_total", outcome="denied", status="404", agent="-")
+    await lkps.register(AGENT)
+    await lkps.start_session(AGENT)
+    await lkps.start_session(AGENT, token=lkps.user_token(client=CLIENT_B))
+    await lkps.start_session("dddddddd-dddd-4ddd-8ddd-dddddddddddd")  # never registered
+    assert (granted.value, refused.value, absent.value) == (1, 1, 1)
+
+
+async def test_audit_jwks_token_cache_and_rate_limit_metrics(
+    settings_values: dict[str, Any], clock: FakeClock, entra: EntraDouble
+) -> None:
+    writes = Delta("lkps_audit_write_seconds_count")
+    records = Delta("lkps_audit_records_total", event="session.start", outcome="granted")
+    fetches = Delta("lkps_jwks_fetches_total", outcome="ok")
+    hits = Delta("lkps_verified_token_cache_total", result="hit")
+    limited = Delta("lkps_rate_limited_total", limit="session_per_user")
+    settings = {**settings_values, "rate_limit_session_per_user": 2}
+    async with running_lkps(settings, clock, entra) as lkps:
+        await lkps.register(AGENT)
+        alice = lkps.user_token()
+        for _ in range(3):
+            await lkps.start_session(AGENT, token=alice)
+        await update_agent_gauges(lkps.services)
+        assert sample("lkps_agents_present") == 1
+        assert sample("lkps_agent_registrations_live") == 1
+    assert records.value == 2
+    assert writes.value >= 1
+    assert fetches.value == 1  # the startup fetch
+    assert hits.value >= 2  # alice's token verified once, then served from the cache
+    assert limited.value == 1
