@@ -69,7 +69,8 @@ def test_serve_runs_the_service(
         user = entra.user_token(audience=API_AUDIENCE, client_app_id=CLIENT_A)
         started = httpx.post(
             f"{base}/api/session/start",
-            headers={"Authorization": f"Bearer {user}"},
+            # From a gateway on 127.0.0.1, trusted by default (LKPS_FORWARDED_ALLOW_IPS).
+            headers={"Authorization": f"Bearer {user}", "X-Forwarded-For": "198.51.100.23"},
             json={"agent_entra_app_id": AGENT},
         )
         assert started.status_code == 200, started.text
@@ -90,6 +91,8 @@ def test_serve_runs_the_service(
     assert lines, "serve logs JSON lines"
     audit_lines = [line for line in lines if line.get("audit_event") == "session.start"]
     assert audit_lines and audit_lines[0]["request_id"] == started.headers["x-request-id"]
+    found = run_lkps("audit", "search", "--event", "session.start", env=env, cwd=tmp_path)
+    assert json.loads(found.stdout)["client_ip"] == "198.51.100.23"
     for token in (agent, user, started.json()["participant_token"]):
         assert token.split(".")[2] not in process_output(tmp_path)
 

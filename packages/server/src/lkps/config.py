@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65_535)
     workers: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=65_536, ge=1024)
+    # Gateways whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs
+    # or CIDRs; "*" trusts anyone, which only a private network may do). The audit's
+    # client_ip is the first address not in this list.
+    forwarded_allow_ips: str = "127.0.0.1"
     # Prometheus metrics on their own port, bound to LKPS_METRICS_HOST (default: LKPS_HOST).
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
     metrics_host: str = ""

@@ -45,4 +45,6 @@ def serve(
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=30,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
