@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Entra double on 127.0.0.1, a migrated SQLite store per test,
-and LKPS itself with its lifespan running, driven through httpx."""
+"""Shared fixtures: a real Entra double on 127.0.0.1, a migrated store per test (SQLite
+and PostgreSQL: every test that reaches the store runs on both), and LKPS itself with its
+lifespan running, driven through httpx."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ from lkps.config import Settings
 from lkps.services import Services
 from lkps.store.migrate import upgrade
 from lkps_testkit import EntraDouble, ServerThread, SigningKey, TlsFiles, generate_tls_files
+from tests.backends import (
+    Backend,
+    PostgresServer,
+    RedisTarget,
+    StoreSql,
+    TestDatabase,
+    display_redis_url,
+    iter_backends,
+    postgres_admin_url,
+    redis_test_url,
+    redis_unreachable,
+    service_missing,
+    unique_name,
+)
 
 API_AUDIENCE = "api://livekit-platform-service-test.example.com"
 LKPS_CLIENT_ID = "5c1f3d9e-0a7b-4c2d-9e8f-112233445566"
@@ -92,6 +107,32 @@ def other_key() -> SigningKey:
     return SigningKey.generate()
 
 
+# The store. Every test that uses `store_backend` (directly or through `database`,
+# `settings`, `lkps`, ...) runs once per backend, with the backend in its id
+# (`test_x[sqlite]`, `test_x[postgresql]`); `@pytest.mark.backends("sqlite")` narrows it.
+# PostgreSQL tests are skipped when the server cannot be reached, and fail instead when
+# LKPS_TEST_REQUIRE_SERVICES=1 (as in CI).
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these store backends (sqlite, postgresql)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        backends = list(iter_backends(marker.args if marker else None))
+        metafunc.parametrize("store_backend", backends, indirect=True, ids=str)
+
+
+@pytest.fixture
+def store_backend(request: pytest.FixtureRequest) -> Backend:
+    backend: Backend = request.param
+    return backend
+
+
 @pytest.fixture(scope="session")
 def _migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("store") / "template.db"
@@ -99,11 +140,81 @@ def _migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The PostgreSQL server (LKPS_TEST_POSTGRES_URL), with a template database migrated
+    to the newest revision once per session."""
+    server = PostgresServer(postgres_admin_url())
+    try:
+        if error := server.unreachable():
+            service_missing("PostgreSQL", server.display_url, error)
+        server.make_template(upgrade)
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
-def database_path(_migrated_template: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "lkps.db"
-    shutil.copy(_migrated_template, path)
-    return path
+def database(
+    store_backend: Backend, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[TestDatabase]:
+    """This test's own store, migrated to the newest revision and empty."""
+    if store_backend == "sqlite":
+        template: Path = request.getfixturevalue("_migrated_template")
+        path = tmp_path / "lkps.db"
+        shutil.copy(template, path)
+        yield TestDatabase("sqlite", f"sqlite+aiosqlite:///{path}", path)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.take_database()
+    try:
+        yield TestDatabase("postgresql", server.url_of(name))
+    finally:
+        server.drop_database(name, wait=False)
+
+
+@pytest.fixture
+def empty_database(
+    store_backend: Backend, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[TestDatabase]:
+    """A store with no schema at all (for SQLite, a file in a folder not yet made)."""
+    if store_backend == "sqlite":
+        path = tmp_path / "db" / "lkps.db"
+        yield TestDatabase("sqlite", f"sqlite+aiosqlite:///{path}", path)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.create_database()
+    try:
+        yield TestDatabase("postgresql", server.url_of(name))
+    finally:
+        server.drop_database(name, wait=False)
+
+
+@pytest.fixture
+async def store_sql(database: TestDatabase) -> AsyncIterator[StoreSql]:
+    """Raw SQL on this test's store, bypassing LKPS, on either backend."""
+    sql = StoreSql(database)
+    yield sql
+    await sql.dispose()
+
+
+@pytest.fixture(scope="session")
+def _redis_server() -> str:
+    url = redis_test_url()
+    if error := redis_unreachable(url):
+        service_missing("Redis", display_redis_url(url), error)
+    return url
+
+
+@pytest.fixture
+def redis_url(_redis_server: str) -> Iterator[RedisTarget]:
+    """Redis (LKPS_TEST_REDIS_URL, default db 15) and a key prefix for this test alone;
+    every key under the prefix is deleted afterwards."""
+    target = RedisTarget(_redis_server, unique_name("lkps-test:") + ":")
+    try:
+        yield target
+    finally:
+        target.clear()
 
 
 @pytest.fixture
@@ -115,7 +226,7 @@ def authz_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings_values(
-    entra: EntraDouble, entra_server: ServerThread, database_path: Path, authz_file: Path
+    entra: EntraDouble, entra_server: ServerThread, database: TestDatabase, authz_file: Path
 ) -> dict[str, Any]:
     """A non-dev instance trusting the Entra double's tenant. Tests adjust the dict."""
     return {
@@ -128,7 +239,7 @@ def settings_values(
         "entra_jwks_url": f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
         "authz_source": "file",
         "authz_file": authz_file,
-        "database_url": f"sqlite+aiosqlite:///{database_path}",
+        "database_url": database.url,
     }
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.backends import StoreSql
 from tests.conftest import AGENT, AGENT_2, CLIENT_B, FakeClock, Lkps
 
 pytestmark = pytest.mark.api
@@ -114,7 +113,7 @@ async def test_bad_query_parameters_are_400(trail: Lkps, params: dict[str, Any])
     assert set(response.json()) == {"error", "message", "request_id"}
 
 
-async def test_verify_over_http(trail: Lkps, database_path: Path) -> None:
+async def test_verify_over_http(trail: Lkps, store_sql: StoreSql) -> None:
     headers = {"Authorization": f"Bearer {auditor(trail)}"}
     intact = (await trail.http.get("/api/audit/verify", headers=headers)).json()
     assert intact == {
@@ -124,9 +123,8 @@ async def test_verify_over_http(trail: Lkps, database_path: Path) -> None:
         "broken_at_seq": None,
         "problem": None,
     }
-    with sqlite3.connect(database_path) as db:
-        db.execute("DROP TRIGGER audit_records_no_update")
-        db.execute("UPDATE audit_records SET outcome = 'granted' WHERE seq = 5")
+    await store_sql.allow_audit_changes()
+    await store_sql.execute("UPDATE audit_records SET outcome = 'granted' WHERE seq = 5")
     broken = (await trail.http.get("/api/audit/verify", headers=headers)).json()
     assert broken["ok"] is False
     assert broken["broken_at_seq"] == 5

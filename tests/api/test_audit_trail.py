@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 from lkps.audit.chain import GENESIS_HASH
+from tests.backends import StoreRefused, StoreSql
 from tests.conftest import AGENT, CLIENT_B, Lkps
 
 pytestmark = pytest.mark.api
@@ -86,38 +85,41 @@ async def test_every_event_type_lands_in_one_intact_chain(lkps: Lkps) -> None:
     assert (await lkps.services.audit.verify()).ok
 
 
-async def test_database_refuses_to_change_audit_records(lkps: Lkps, database_path: Path) -> None:
+async def test_database_refuses_to_change_audit_records(lkps: Lkps, store_sql: StoreSql) -> None:
     await lkps.register()
-    with sqlite3.connect(database_path) as db:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            db.execute("UPDATE audit_records SET actor_cwid = 'mallory'")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            db.execute("DELETE FROM audit_records")
+    with pytest.raises(StoreRefused, match="append-only"):
+        await store_sql.execute("UPDATE audit_records SET actor_cwid = 'mallory'")
+    with pytest.raises(StoreRefused, match="append-only"):
+        await store_sql.execute("DELETE FROM audit_records")
+    assert await store_sql.scalar("SELECT count(*) FROM audit_records") == 1
+    assert (
+        await store_sql.scalar("SELECT count(*) FROM audit_records WHERE actor_cwid = 'mallory'")
+        == 0
+    )
 
 
-async def test_store_failure_gives_503_and_no_token(lkps: Lkps, database_path: Path) -> None:
+async def test_store_failure_gives_503_and_no_token(lkps: Lkps, store_sql: StoreSql) -> None:
     await lkps.register()
-    with sqlite3.connect(database_path) as db:
-        db.execute("DROP TABLE audit_records")
+    await store_sql.execute("DROP TABLE audit_records")
     response = await lkps.start_session()
     assert response.status_code == 503
     assert response.headers["retry-after"]
     body = response.json()
     assert body["error"] == "service_unavailable"
-    assert "participant_token" not in body and "sqlite" not in response.text.lower()
+    assert "participant_token" not in body
+    for engine in ("sqlite", "postgres", "asyncpg", "audit_records"):
+        assert engine not in response.text.lower()
 
 
 async def test_store_failure_on_registration_gives_503_no_token_and_no_presence(
-    lkps: Lkps, database_path: Path
+    lkps: Lkps, store_sql: StoreSql
 ) -> None:
-    with sqlite3.connect(database_path) as db:
-        db.execute("DROP TABLE audit_records")
+    await store_sql.execute("DROP TABLE audit_records")
     response = await lkps.register(enforce_client_authz=False)
     assert response.status_code == 503
     assert "token" not in response.json()
-    with sqlite3.connect(database_path) as db:
-        live = db.execute("SELECT count(*) FROM agent_registrations WHERE ended_at IS NULL")
-        assert live.fetchone() == (0,)
+    live = "SELECT count(*) FROM agent_registrations WHERE ended_at IS NULL"
+    assert await store_sql.scalar(live) == 0
 
 
 async def test_200_parallel_session_starts(lkps: Lkps) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from tests.backends import StoreSql, TestDatabase
 from tests.cli.processes import clean_environment, run_lkps
 from tests.conftest import Lkps
 
@@ -15,22 +15,20 @@ pytestmark = pytest.mark.cli
 
 
 @pytest.fixture
-async def trail(lkps: Lkps, database_path: Path) -> dict[str, str]:
+async def trail(lkps: Lkps, database: TestDatabase) -> dict[str, str]:
     """Six records written through the API; the environment that points the CLI at them."""
     registration = (await lkps.register()).json()["registration_id"]
     await lkps.register(registration_id=registration)
     for user in ("alice", "bob", "carol"):
         await lkps.start_session(token=lkps.user_token(user))
     await lkps.deregister()
-    return clean_environment(LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{database_path}")
+    return clean_environment(LKPS_DATABASE_URL=database.url)
 
 
-def tamper(database_path: Path, statement: str) -> None:
-    """What someone with write access to the database file could do."""
-    with sqlite3.connect(database_path) as db:
-        db.execute("DROP TRIGGER audit_records_no_update")
-        db.execute("DROP TRIGGER audit_records_no_delete")
-        db.execute(statement)
+async def tamper(store_sql: StoreSql, statement: str) -> None:
+    """What someone with write access to the database could do."""
+    await store_sql.allow_audit_changes()
+    await store_sql.execute(statement)
 
 
 async def test_verify_passes_on_an_untouched_trail(trail: dict[str, str], tmp_path: Path) -> None:
@@ -52,9 +50,9 @@ async def test_verify_passes_on_an_untouched_trail(trail: dict[str, str], tmp_pa
     ids=["edited-row", "removed-row", "removed-tail"],
 )
 async def test_verify_reports_the_first_broken_link(
-    trail: dict[str, str], database_path: Path, tmp_path: Path, statement: str, expected: list[str]
+    trail: dict[str, str], store_sql: StoreSql, tmp_path: Path, statement: str, expected: list[str]
 ) -> None:
-    tamper(database_path, statement)
+    await tamper(store_sql, statement)
     result = run_lkps("audit", "verify", env=trail, cwd=tmp_path)
     assert result.returncode == 1
     for fragment in expected:

@@ -11,7 +11,9 @@ import pytest
 from tests.cli.processes import clean_environment, run_lkps
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_B, Served
 
-pytestmark = pytest.mark.cli
+# These are about the CLI and the API between it and LKPS; the store behind LKPS is
+# exercised on every backend by tests/api and tests/client.
+pytestmark = [pytest.mark.cli, pytest.mark.backends("sqlite")]
 
 
 def roles(served: Served, *names: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from lkps.authorization.file import write_authorization_file
 from lkps_testkit import EntraDouble, ServerThread
+from tests.backends import TestDatabase
 from tests.cli.processes import clean_environment, free_port, lkps_process, process_output, run_lkps
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET
 
@@ -97,8 +98,8 @@ def test_serve_runs_the_service(
         assert token.split(".")[2] not in process_output(tmp_path)
 
 
-def test_db_upgrade_and_current(tmp_path: Path) -> None:
-    env = clean_environment(LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'db' / 'x.db'}")
+def test_db_upgrade_and_current(empty_database: TestDatabase, tmp_path: Path) -> None:
+    env = clean_environment(LKPS_DATABASE_URL=empty_database.url)
     assert run_lkps("db", "current", env=env, cwd=tmp_path).returncode == 1
     upgraded = run_lkps("db", "upgrade", env=env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr

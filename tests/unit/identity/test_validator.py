@@ -118,3 +118,20 @@ def test_leeway_over_a_minute_is_refused(entra: EntraDouble, clock: FakeClock) -
             cwid_claims=["oid"],
             leeway_seconds=61,
         )
+
+
+@pytest.mark.parametrize("claim", ["azp", "oid"])
+async def test_non_guid_ids_are_refused(
+    validator: TokenValidator, entra: EntraDouble, claim: str
+) -> None:
+    claims = entra.user_claims(audience=API_AUDIENCE, client_app_id=CLIENT_A)
+    claims[claim] = "x" * 300
+    with pytest.raises(Unauthenticated):
+        await validator.authenticate(f"Bearer {entra.sign(claims)}")
+
+
+async def test_very_long_cwid_is_cut(validator: TokenValidator, entra: EntraDouble) -> None:
+    claims = entra.user_claims(audience=API_AUDIENCE, client_app_id=CLIENT_A)
+    claims["preferred_username"] = "a" * 1000 + "@contoso.example"
+    caller = await validator.authenticate(f"Bearer {entra.sign(claims)}")
+    assert caller.cwid == "a" * 128

@@ -51,6 +51,8 @@ def create_app(
         docs_url="/api/docs",
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        # No 307 to "the same path without its slash" (built from the caller's Host).
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from lkps.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -55,11 +55,15 @@ async def _read_limited(request: Request, max_bytes: int) -> bytes:
             raise BadRequest("Content-Length is not a number") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The caller went away mid-body: its fault, not ours (a 400, audited as such).
+        raise BadRequest("The request body ended before it was complete") from None
     return b"".join(chunks)
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from lkps.sessions.metadata import check_metadata
 
@@ -51,7 +51,7 @@ class SessionStartResponse(BaseModel):
 class AgentRegisterRequest(BaseModel):
     model_config = ConfigDict(str_strip_whitespace=True)
 
-    enforce_client_authz: bool | None = Field(
+    enforce_client_authz: StrictBool | None = Field(
         default=None, description="Require clients to be pre-authorized (default: LKPS setting)"
     )
     version: str | None = Field(default=None, max_length=128)
@@ -81,7 +81,7 @@ class HeartbeatResponse(BaseModel):
 
 
 class OverrideBody(BaseModel):
-    enforce_client_authz: bool | None = Field(
+    enforce_client_authz: StrictBool | None = Field(
         default=None, description="Force enforcement on or off; null follows the agent"
     )
     additional_clients: list[str] = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,16 @@ from lkps.metrics import TOKEN_CACHE
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_BYTES = 16_384
+# A display identity (room names, LiveKit identity), not a key: long values are cut.
+MAX_CWID_LENGTH = 128
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def is_guid(value: str) -> bool:
+    """Entra's tenant, object and application ids are always GUIDs."""
+    return bool(_GUID.match(value))
+
+
 _REQUIRED_CLAIMS = ["exp", "iss", "aud", "tid", "sub"]
 
 
@@ -144,19 +155,21 @@ class TokenValidator:
             raise Unauthenticated("token signature does not verify") from None
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"token rejected: {type(exc).__name__}") from None
-        if str(claims.get("tid", "")).lower() != self._tenant_id:
+        tid = str(claims.get("tid", ""))
+        if not is_guid(tid) or tid.lower() != self._tenant_id:
             raise Unauthenticated("token is from another tenant")
         return claims
 
     def _caller_from(self, claims: Mapping[str, Any]) -> Caller:
         app_id = client_app_id(claims)
-        if app_id is None:
-            raise Unauthenticated("token names no client application")
+        if app_id is None or not is_guid(app_id):
+            raise Unauthenticated("token names no client application (azp/appid GUID)")
         oid = claims.get("oid")
-        if not isinstance(oid, str) or not oid:
-            raise Unauthenticated("token has no object id")
+        if not isinstance(oid, str) or not is_guid(oid):
+            raise Unauthenticated("token has no object id (oid GUID)")
         app_only = is_app_only(claims)
         cwid = app_id if app_only else extract_cwid(claims, self._cwid_claims)
+        cwid = cwid[:MAX_CWID_LENGTH] if cwid else cwid
         if not cwid:
             raise Unauthenticated("token carries none of the CWID claims")
         roles = claims.get("roles")

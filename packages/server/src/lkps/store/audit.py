@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -82,6 +82,24 @@ def _to_record(row: AuditRecordRow) -> AuditRecord:
     return AuditRecord(**{name: getattr(row, name) for name in _COLUMNS})
 
 
+MAX_SEQ = 2**63 - 1  # BIGINT
+
+_BEFORE_ALL = object()
+_AFTER_ALL = object()
+
+
+def _utc_bound(moment: datetime | None) -> datetime | object | None:
+    """`moment` in UTC; or, when UTC cannot represent it (year 1 with a positive offset,
+    year 9999 with a negative one), which side of every stored record it lies on."""
+    if moment is None or moment.tzinfo is None:
+        return moment  # naive: UTCDateTime refuses it
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        offset = moment.utcoffset() or timedelta(0)
+        return _BEFORE_ALL if offset > timedelta(0) else _AFTER_ALL
+
+
 @dataclass(frozen=True, slots=True)
 class AuditFilter:
     event: str | None = None
@@ -101,6 +119,9 @@ async def query_records(
     before_seq: int | None = None,
 ) -> list[AuditRecord]:
     """Matching records, newest first, strictly older than `before_seq` (keyset paging)."""
+    since, until = _utc_bound(where.since), _utc_bound(where.until)
+    if since is _AFTER_ALL or until is _BEFORE_ALL:
+        return []
     query = select(AuditRecordRow)
     for column, value in (
         (AuditRecordRow.event, where.event),
@@ -111,11 +132,12 @@ async def query_records(
     ):
         if value is not None:
             query = query.where(column == value)
-    if where.since is not None:
-        query = query.where(AuditRecordRow.occurred_at >= where.since)
-    if where.until is not None:
-        query = query.where(AuditRecordRow.occurred_at < where.until)
-    if before_seq is not None:
+    if isinstance(since, datetime):
+        query = query.where(AuditRecordRow.occurred_at >= since)
+    if isinstance(until, datetime):
+        query = query.where(AuditRecordRow.occurred_at < until)
+    if before_seq is not None and before_seq <= MAX_SEQ:
+        # Every sequence number is below a larger cursor; neither engine takes one.
         query = query.where(AuditRecordRow.seq < before_seq)
     result = await session.execute(query.order_by(AuditRecordRow.seq.desc()).limit(limit))
     return [_to_record(row) for row in result.scalars()]

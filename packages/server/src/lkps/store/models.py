@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from lkps.store.types import UTCDateTime
+from lkps.store.types import PortableString, PortableText, UTCDateTime
 
 
 class Base(DeclarativeBase):
+    """Columns use the portable types: what is read back is exactly what was written,
+    on either engine (the audit hash chain depends on it). The DDL is the migrations'."""
+
     type_annotation_map = {datetime: UTCDateTime()}
 
 
@@ -19,10 +22,10 @@ class AgentRow(Base):
 
     __tablename__ = "agents"
 
-    agent_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(PortableString(36), primary_key=True)
     enforce_client_authz: Mapped[bool] = mapped_column(Boolean)
-    version: Mapped[str | None] = mapped_column(String(128))
-    metadata_json: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[str | None] = mapped_column(PortableString(128))
+    metadata_json: Mapped[str | None] = mapped_column(PortableText())
     first_registered_at: Mapped[datetime]
     last_registered_at: Mapped[datetime]
 
@@ -34,15 +37,15 @@ class RegistrationRow(Base):
     __tablename__ = "agent_registrations"
     __table_args__ = (Index("ix_agent_registrations_agent_expires", "agent_id", "expires_at"),)
 
-    registration_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    agent_id: Mapped[str] = mapped_column(String(36), ForeignKey("agents.agent_id"))
-    version: Mapped[str | None] = mapped_column(String(128))
+    registration_id: Mapped[str] = mapped_column(PortableString(36), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(PortableString(36), ForeignKey("agents.agent_id"))
+    version: Mapped[str | None] = mapped_column(PortableString(128))
     registered_at: Mapped[datetime]
     renewed_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
-    end_reason: Mapped[str | None] = mapped_column(String(32))
+    end_reason: Mapped[str | None] = mapped_column(PortableString(32))
 
 
 class AuditRecordRow(Base):
@@ -59,24 +62,24 @@ class AuditRecordRow(Base):
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    record_id: Mapped[str] = mapped_column(String(36), unique=True)
+    record_id: Mapped[str] = mapped_column(PortableString(36), unique=True)
     occurred_at: Mapped[datetime]
-    event: Mapped[str] = mapped_column(String(64))
-    outcome: Mapped[str] = mapped_column(String(16))
+    event: Mapped[str] = mapped_column(PortableString(64))
+    outcome: Mapped[str] = mapped_column(PortableString(16))
     status: Mapped[int] = mapped_column(Integer)
-    reason: Mapped[str | None] = mapped_column(Text)
-    request_id: Mapped[str | None] = mapped_column(String(64))
-    actor_tenant_id: Mapped[str | None] = mapped_column(String(64))
-    actor_object_id: Mapped[str | None] = mapped_column(String(64))
-    actor_cwid: Mapped[str | None] = mapped_column(String(256))
-    client_app_id: Mapped[str | None] = mapped_column(String(64))
-    agent_id: Mapped[str | None] = mapped_column(String(64))
-    room_name: Mapped[str | None] = mapped_column(String(512))
-    registration_id: Mapped[str | None] = mapped_column(String(36))
-    client_ip: Mapped[str | None] = mapped_column(String(64))
-    details: Mapped[str | None] = mapped_column(Text)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(PortableText())
+    request_id: Mapped[str | None] = mapped_column(PortableString(64))
+    actor_tenant_id: Mapped[str | None] = mapped_column(PortableString(64))
+    actor_object_id: Mapped[str | None] = mapped_column(PortableString(64))
+    actor_cwid: Mapped[str | None] = mapped_column(PortableString(256))
+    client_app_id: Mapped[str | None] = mapped_column(PortableString(64))
+    agent_id: Mapped[str | None] = mapped_column(PortableString(64))
+    room_name: Mapped[str | None] = mapped_column(PortableString(512))
+    registration_id: Mapped[str | None] = mapped_column(PortableString(36))
+    client_ip: Mapped[str | None] = mapped_column(PortableString(64))
+    details: Mapped[str | None] = mapped_column(PortableText())
+    prev_hash: Mapped[str] = mapped_column(PortableString(64))
+    hash: Mapped[str] = mapped_column(PortableString(64))
 
 
 class AuditChainHead(Base):
@@ -86,7 +89,7 @@ class AuditChainHead(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
-    hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(PortableString(64))
 
 
 class AuthorizationOverrideRow(Base):
@@ -95,10 +98,10 @@ class AuthorizationOverrideRow(Base):
 
     __tablename__ = "agent_authz_overrides"
 
-    agent_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(PortableString(36), primary_key=True)
     # None: follow the agent's registration.
     enforce_client_authz: Mapped[bool | None] = mapped_column(Boolean)
     # JSON list of lower-case client app ids allowed on top of the source's list.
-    additional_clients: Mapped[str] = mapped_column(Text)
+    additional_clients: Mapped[str] = mapped_column(PortableText())
     updated_at: Mapped[datetime]
-    updated_by: Mapped[str] = mapped_column(String(256))
+    updated_by: Mapped[str] = mapped_column(PortableString(256))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect
+from sqlalchemy import DateTime, Dialect, String, Text
 from sqlalchemy.types import TypeDecorator
 
 
@@ -32,3 +33,50 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# PostgreSQL refuses NUL in text values, which SQLite stores; a version string or a
+# claim carrying one would turn into a 503 there. On PostgreSQL, text is therefore
+# escaped with a private-use character: NUL as ESCAPE + "0", ESCAPE itself as
+# ESCAPE + "e". Values read back (and audit hashes) are exactly the ones written, and
+# equality filters match because their parameters are escaped the same way.
+ESCAPE = "\ue000"
+_ESCAPED = re.compile(f"{ESCAPE}([0e])")
+
+
+def escape_nul(value: str) -> str:
+    if "\x00" not in value and ESCAPE not in value:
+        return value
+    return value.replace(ESCAPE, f"{ESCAPE}e").replace("\x00", f"{ESCAPE}0")
+
+
+def unescape_nul(value: str) -> str:
+    if ESCAPE not in value:
+        return value
+    return _ESCAPED.sub(lambda match: "\x00" if match[1] == "0" else ESCAPE, value)
+
+
+class _PortableText(TypeDecorator[str]):
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return escape_nul(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None or dialect.name != "postgresql":
+            return value  # type: ignore[no-any-return]
+        return unescape_nul(value)
+
+
+class PortableString(_PortableText):
+    """VARCHAR(n) that stores any Python str, NUL included, on both engines."""
+
+    impl = String
+    cache_ok = True
+
+
+class PortableText(_PortableText):
+    """TEXT that stores any Python str, NUL included, on both engines."""
+
+    impl = Text
+    cache_ok = True
