@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # Store.
     database_url: str = "sqlite+aiosqlite:///./var/lkps.db"
     database_timeout_seconds: float = Field(default=5.0, gt=0)
+    # PostgreSQL connections per worker process (SQLite uses its own small pool).
+    database_pool_size: int = Field(default=20, ge=1, le=200)
 
     # Rooms and lifetimes.
     room_max_participants: int = Field(default=2, ge=1, le=1000)

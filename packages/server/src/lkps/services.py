@@ -141,7 +141,11 @@ async def running_services(
 ) -> AsyncIterator[Services]:
     clock = clock or SystemClock()
     await prepare_database(settings, settings.database_url)
-    db = Database.from_url(settings.database_url, timeout=settings.database_timeout_seconds)
+    db = Database.from_url(
+        settings.database_url,
+        timeout=settings.database_timeout_seconds,
+        pool_size=settings.database_pool_size,
+    )
     audit = AuditLog(db)
     async with contextlib.AsyncExitStack() as clients:
         http = await clients.enter_async_context(httpx.AsyncClient(verify=outbound_tls(settings)))

@@ -56,7 +56,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str, *, timeout: float = 5.0) -> AsyncEngine:
+def create_engine(url: str, *, timeout: float = 5.0, pool_size: int = 20) -> AsyncEngine:
     if is_sqlite(url):
         ensure_sqlite_directory(url)
         # WAL lets reads run beside the one writer. Every write transaction here starts
@@ -65,10 +65,13 @@ def create_engine(url: str, *, timeout: float = 5.0) -> AsyncEngine:
         engine = create_async_engine(url, pool_size=4, max_overflow=0, pool_timeout=timeout)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    # A fixed pool: under load, requests wait for a free connection instead of opening
+    # and closing overflow connections (PostgreSQL's per-connection start-up and auth cost
+    # more than the query).
     return create_async_engine(
         url,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=0,
         pool_timeout=timeout,
         pool_pre_ping=True,
         connect_args={"timeout": timeout, "command_timeout": timeout},
@@ -82,8 +85,8 @@ class Database:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 5.0) -> Database:
-        return cls(create_engine(url, timeout=timeout), timeout=timeout)
+    def from_url(cls, url: str, *, timeout: float = 5.0, pool_size: int = 20) -> Database:
+        return cls(create_engine(url, timeout=timeout, pool_size=pool_size), timeout=timeout)
 
     @property
     def dialect(self) -> str:
