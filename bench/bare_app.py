@@ -1,0 +1,92 @@
+"""The bare token endpoint LKPS is compared with: the same LiveKit participant token,
+minted with livekit-api exactly as `lkps.livekit.TokenMinter` mints it (same grants,
+same room configuration, same lifetime), and nothing else: no authentication, no rate
+limit, no presence or authorization lookup, no audit record, no database.
+
+It reads and parses the JSON body (the metadata goes into the agent dispatch) and
+answers the same JSON shape on the same path, so the load generators drive both
+servers with the same requests.
+
+    uvicorn bare_app:app --app-dir bench --workers 2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from livekit.api import AccessToken, VideoGrants
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.room import RoomConfiguration
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+API_KEY = os.environ.get("BARE_LIVEKIT_API_KEY", "APIbench")
+API_SECRET = os.environ.get("BARE_LIVEKIT_API_SECRET", "bare-bench-secret-" + "x" * 32)
+LIVEKIT_URL = os.environ.get("BARE_LIVEKIT_URL", "wss://livekit.bench.invalid")
+TTL = timedelta(seconds=900)
+MAX_PARTICIPANTS = 2
+DEPARTURE_TIMEOUT_SECONDS = 30
+# What LKPS would take from the caller's token; fixed here, as there is no token.
+IDENTITY = "bench_user"
+NAME = "Bench User"
+
+
+def mint(agent_id: str, metadata: dict[str, Any] | None) -> tuple[str, str, datetime]:
+    now = datetime.now(UTC)
+    room = f"{IDENTITY}-{agent_id}-{int(now.timestamp())}-{secrets.token_hex(8)}"
+    dispatch = (
+        json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if metadata is not None
+        else ""
+    )
+    config = RoomConfiguration(
+        max_participants=MAX_PARTICIPANTS,
+        sync_streams=True,
+        departure_timeout=DEPARTURE_TIMEOUT_SECONDS,
+        agents=[RoomAgentDispatch(agent_name=agent_id, metadata=dispatch)],
+    )
+    grants = VideoGrants(
+        room_join=True, room=room, can_publish=True, can_subscribe=True, can_publish_data=True
+    )
+    token = (
+        AccessToken(API_KEY, API_SECRET)
+        .with_ttl(TTL)
+        .with_identity(IDENTITY)
+        .with_grants(grants)
+        .with_room_config(config)
+        .with_name(NAME)
+    )
+    return room, token.to_jwt(), now + TTL
+
+
+async def start(request: Request) -> JSONResponse:
+    body = json.loads(await request.body())
+    room, jwt, expires_at = mint(str(uuid.UUID(body["agent_entra_app_id"])), body.get("metadata"))
+    return JSONResponse(
+        {
+            "room_name": room,
+            "livekit_url": LIVEKIT_URL,
+            "participant_token": jwt,
+            "session_id": str(uuid.uuid4()),
+            "expires_at": expires_at.isoformat(),
+        }
+    )
+
+
+async def ready(_: Request) -> JSONResponse:
+    return JSONResponse({"status": "ready"})
+
+
+app = Starlette(
+    routes=[
+        Route("/api/session/start", start, methods=["POST"]),
+        Route("/api/health/ready", ready),
+    ]
+)
