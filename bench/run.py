@@ -805,7 +805,12 @@ def measure_server(
         if spec.kind == "lkps":
             keeper = AgentKeeper(spec.url, ctx.ids.agent_token).__enter__()
         workers = procs.worker_pids(proc.pid)
-        say(f"   ready; worker pids {workers}")
+        ready_memory = {str(pid): procs.memory_kb(pid) for pid in workers}
+        say(
+            f"   ready; worker pids {workers}; RSS at ready "
+            + ", ".join(f"{m.get('VmRSS', 0) / 1024:.0f}" for m in ready_memory.values())
+            + " MB"
+        )
         check_one_request(ctx, spec)
         warm_up(ctx, spec)
         say(f"   full speed: wrk -t{args.threads} -c{args.connections} -d{args.duration:.0f}s")
@@ -847,6 +852,19 @@ def measure_server(
                     f"p50 {point['latency_ms']['p50']} ms, p99 {point['latency_ms']['p99']} ms, "
                     f"non-2xx {point['non_2xx']}, errors {sum(point['errors'].values())}"
                 )
+        compare = []
+        if spec.kind == "lkps" and args.large_store and spec.name == "lkps-uvicorn":
+            for i in range(paced_repeats):
+                say(
+                    f"   comparison rate: {args.compare_rate:.0f} req/s for "
+                    f"{args.paced_duration:.0f} s (#{i + 1})"
+                )
+                point = least_disturbed(ctx, lambda: run_paced(ctx, spec, args.compare_rate))
+                compare.append(point)
+                say(
+                    f"   -> {point['achieved_rate']} req/s, p50 {point['latency_ms']['p50']} ms, "
+                    f"p99 {point['latency_ms']['p99']} ms, max {point['latency_ms']['max']} ms"
+                )
         profiled: dict[str, Any] | None = None
         if profile and ctx.profile_spy:
             slug = f"{spec.name}-{label}".replace(" ", "-").replace(",", "+")
@@ -879,7 +897,9 @@ def measure_server(
             "full_speed": full,
             "paced": paced_runs,
             "sweep": sweep,
+            "compare": compare,
             "memory_kb": memory,
+            "memory_at_ready_kb": ready_memory,
             "parent_memory_kb": parent_memory,
             "peak_rss_mb_per_worker": round(peak_mb, 1),
         }
@@ -903,9 +923,9 @@ def paced_summary(result: dict[str, Any]) -> tuple[float, float, float]:
     """Median over repeats of p50, p99 and max (ms)."""
     runs = result["paced"]
     return (
-        statistics.median(r["latency_ms"]["p50"] for r in runs),
-        statistics.median(r["latency_ms"]["p99"] for r in runs),
-        statistics.median(r["latency_ms"]["max"] for r in runs),
+        round(statistics.median(r["latency_ms"]["p50"] for r in runs), 2),
+        round(statistics.median(r["latency_ms"]["p99"] for r in runs), 2),
+        round(statistics.median(r["latency_ms"]["max"] for r in runs), 2),
     )
 
 
@@ -932,6 +952,26 @@ def table(results: list[dict[str, Any]], rate: float) -> str:
             f"| {full.get('cpu_ms_per_request', {}).get('server workers', 0):.2f} |"
         )
     return "\n".join(lines)
+
+
+def compare_latency(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether p50 and p99 moved by more than the noise: the spread between repeats
+    within either state, and at least 10% and 1 ms."""
+    a50 = [r["latency_ms"]["p50"] for r in runs_a]
+    a99 = [r["latency_ms"]["p99"] for r in runs_a]
+    b50 = [r["latency_ms"]["p50"] for r in runs_b]
+    b99 = [r["latency_ms"]["p99"] for r in runs_b]
+    noise50 = max(max(a50) - min(a50), max(b50) - min(b50), 0.1 * statistics.mean(a50), 1.0)
+    noise99 = max(max(a99) - min(a99), max(b99) - min(b99), 0.1 * statistics.mean(a99), 1.0)
+    d50 = statistics.mean(b50) - statistics.mean(a50)
+    d99 = statistics.mean(b99) - statistics.mean(a99)
+    text = (
+        f"p50 {statistics.mean(a50):.2f} -> {statistics.mean(b50):.2f} ms "
+        f"(diff {d50:+.2f}, noise {noise50:.2f}); "
+        f"p99 {statistics.mean(a99):.2f} -> {statistics.mean(b99):.2f} ms "
+        f"(diff {d99:+.2f}, noise {noise99:.2f})"
+    )
+    return abs(d50) <= noise50 and abs(d99) <= noise99, text
 
 
 def verdicts(results: list[dict[str, Any]]) -> list[str]:
@@ -970,26 +1010,23 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
             f"{mark(rss <= TARGETS['rss_mb'])}"
         )
     if lkps and large:
-        a50 = [r["latency_ms"]["p50"] for r in lkps["paced"]]
-        a99 = [r["latency_ms"]["p99"] for r in lkps["paced"]]
-        b50 = [r["latency_ms"]["p50"] for r in large["paced"]]
-        b99 = [r["latency_ms"]["p99"] for r in large["paced"]]
-        # Noise: the spread between repeats within each state, at least 10% and 1 ms.
-        noise50 = max(max(a50) - min(a50), max(b50) - min(b50), 0.1 * statistics.mean(a50), 1.0)
-        noise99 = max(max(a99) - min(a99), max(b99) - min(b99), 0.1 * statistics.mean(a99), 1.0)
-        d50 = statistics.mean(b50) - statistics.mean(a50)
-        d99 = statistics.mean(b99) - statistics.mean(a99)
-        ok = abs(d50) <= noise50 and abs(d99) <= noise99
         full_a = lkps["full_speed"]["throughput_rps"]
         full_b = large["full_speed"]["throughput_rps"]
+        verdict_ok = True
+        for key in ("compare", "paced"):
+            runs_a, runs_b = lkps.get(key) or [], large.get(key) or []
+            if not runs_a or not runs_b:
+                continue
+            ok, text = compare_latency(runs_a, runs_b)
+            verdict_ok = verdict_ok and ok
+            lines.append(
+                f"large store vs empty at {runs_a[0]['target_rate']:.0f} req/s: {text}: "
+                f"{'within noise' if ok else 'BEYOND NOISE'}"
+            )
         lines.append(
-            f"large store vs empty at {lkps['paced'][0]['target_rate']:.0f} req/s: "
-            f"p50 {statistics.mean(a50):.2f} -> {statistics.mean(b50):.2f} ms "
-            f"(diff {d50:+.2f}, noise {noise50:.2f}); "
-            f"p99 {statistics.mean(a99):.2f} -> {statistics.mean(b99):.2f} ms "
-            f"(diff {d99:+.2f}, noise {noise99:.2f}); full speed {full_a:,.0f} -> {full_b:,.0f} "
-            f"req/s ({100 * (full_b - full_a) / full_a:+.1f}%): "
-            f"{'MET (within noise)' if ok else 'MISSED (beyond noise)'}"
+            f"large store vs empty, full speed: {full_a:,.0f} -> {full_b:,.0f} req/s "
+            f"({100 * (full_b - full_a) / full_a:+.1f}%); session-start latency unchanged "
+            f"within noise: {mark(verdict_ok)}"
         )
     return lines
 
@@ -1031,6 +1068,13 @@ def parse_args() -> argparse.Namespace:
         "--large-store",
         action="store_true",
         help="also measure LKPS after loading --audit-rows audit records and --agents agents",
+    )
+    parser.add_argument(
+        "--compare-rate",
+        type=float,
+        default=200.0,
+        help="with --large-store, also fixed-rate runs at this rate in both states "
+        "(well below saturation, where latency is stable enough to compare)",
     )
     parser.add_argument("--audit-rows", type=int, default=1_000_000)
     parser.add_argument("--agents", type=int, default=10_000)
