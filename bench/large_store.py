@@ -30,29 +30,10 @@ from typing import Any
 
 import asyncpg
 
-from lkps.audit.chain import canonical_json, record_hash
+from lkps.audit.chain import HASHED_FIELDS, canonical_json, record_hash
 
-AUDIT_COLUMNS = (
-    "seq",
-    "record_id",
-    "occurred_at",
-    "event",
-    "outcome",
-    "status",
-    "reason",
-    "request_id",
-    "actor_tenant_id",
-    "actor_object_id",
-    "actor_cwid",
-    "client_app_id",
-    "agent_id",
-    "room_name",
-    "registration_id",
-    "client_ip",
-    "details",
-    "prev_hash",
-    "hash",
-)
+# The table's columns in the order the chain hashes them, then the hash itself.
+AUDIT_COLUMNS = (*HASHED_FIELDS, "hash")
 AGENT_COLUMNS = (
     "agent_id",
     "enforce_client_authz",

@@ -403,48 +403,23 @@ def lkps_whatif(
     query = "?ssl=disable" if "no-ssl" in names else ""
     env = lkps_env(ids, database, port, 0, workers, out, False, query)
     env["BENCH_WHATIF"] = ",".join(sorted(names - {"no-ssl", "none"}))
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "whatif:app_from_environment",
-        "--factory",
-        "--app-dir",
-        str(BENCH),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--no-server-header",
-        "--log-level",
-        "warning",
-    ]
+    argv = bench_uvicorn("whatif:app_from_environment", port, workers, factory=True)
     return ServerSpec(f"lkps-whatif[{','.join(sorted(names))}]", "lkps", argv, env, port)
+
+
+def bench_uvicorn(app: str, port: int, workers: int, *, factory: bool = False) -> list[str]:
+    """uvicorn serving an app from bench/, as `lkps serve` runs LKPS (quiet, no headers)."""
+    return [
+        sys.executable, "-m", "uvicorn", app, *(["--factory"] if factory else []),
+        "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--no-access-log", "--no-server-header",
+        "--log-level", "warning",
+    ]  # fmt: skip
 
 
 def bare_uvicorn(workers: int, name: str = "bare-uvicorn") -> ServerSpec:
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bare_app:app",
-        "--app-dir",
-        str(BENCH),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--no-server-header",
-        "--log-level",
-        "warning",
-    ]
+    argv = bench_uvicorn("bare_app:app", port, workers)
     env = clean_env() | {"BARE_LIVEKIT_API_SECRET": secrets.token_urlsafe(36)}
     return ServerSpec(name, "bare", argv, env, port)
 
@@ -1085,7 +1060,7 @@ def parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         metavar="CHANGES",
-        help="also LKPS with bench/whatif.py changes, e.g. 'async-deps,pool' (repeatable)",
+        help="also LKPS with bench/whatif.py changes, e.g. 'pool,presence-cache' (repeatable)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy LKPS at full speed")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")

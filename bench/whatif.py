@@ -2,12 +2,10 @@
 with changes applied in memory, to measure what a server change would gain (or what a
 part of the request costs) before anyone makes it. Nothing here changes LKPS's code.
 
-    BENCH_WHATIF=async-deps,pool uvicorn whatif:app_from_environment --factory --app-dir bench
+    BENCH_WHATIF=pool,presence-cache uvicorn whatif:app_from_environment --factory --app-dir bench
 
 Changes (comma-separated in BENCH_WHATIF):
 
-- `async-deps`: `get_services` and `get_request_context` as `async def`; as plain `def`
-  FastAPI runs each of them in a worker thread, two thread hand-offs per request.
 - `pool`: a fixed pool without pre-ping (`pool_size` = BENCH_POOL_SIZE, default 20,
   `max_overflow=0`, `pool_pre_ping=False`). Before e75b28e LKPS had 10 + 20 overflow
   connections, which opened and closed connections under load; since then it has a
@@ -26,35 +24,12 @@ from __future__ import annotations
 
 import os
 import time
-import typing
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.requests import Request
 
 PATCHES = frozenset(p.strip() for p in os.environ.get("BENCH_WHATIF", "").split(",") if p.strip())
-KNOWN = {"async-deps", "pool", "presence-cache", "skip-presence", "skip-audit", "no-ssl", "none"}
-
-
-def _async_deps() -> None:
-    from lkps.api import deps
-
-    sync_services = deps.get_services
-    sync_context = deps.get_request_context
-
-    async def get_services(request: Request) -> Any:
-        return sync_services(request)
-
-    async def get_request_context(request: Request) -> Any:
-        return sync_context(request)
-
-    for alias, replacement in (
-        (deps.ServicesDep, get_services),
-        (deps.RequestContextDep, get_request_context),
-    ):
-        depends = typing.get_args(alias)[1]
-        object.__setattr__(depends, "dependency", replacement)
-    # Routers are built after this (lkps.app imports them), so they see the new callables.
+KNOWN = {"pool", "presence-cache", "skip-presence", "skip-audit", "no-ssl", "none"}
 
 
 def _pool() -> None:
@@ -143,7 +118,6 @@ def apply(patches: frozenset[str]) -> None:
     if unknown:
         raise ValueError(f"unknown BENCH_WHATIF changes: {sorted(unknown)}")
     for name, patch in (
-        ("async-deps", _async_deps),
         ("pool", _pool),
         ("presence-cache", _presence_cache),
         ("skip-presence", _skip_presence),

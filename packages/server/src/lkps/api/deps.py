@@ -20,12 +20,14 @@ bearer_scheme = HTTPBearer(auto_error=False, description="A Microsoft Entra ID a
 BearerDoc = Security(bearer_scheme)
 
 
-def get_services(request: Request) -> Services:
+# `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread hand-off
+# per request on the session-start path for what is a dictionary lookup.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_request_context(request: Request) -> RequestContext:
+async def get_request_context(request: Request) -> RequestContext:
     client = request.client
     return RequestContext(
         request_id=request_id_of(request.scope), client_ip=client.host if client else None
