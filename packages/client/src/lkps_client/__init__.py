@@ -32,6 +32,8 @@ from lkps_client._exceptions import (
     NotAuthorizedError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
+    RegistrationGoneError,
     ServerError,
     ServiceUnavailableError,
     TransportError,
@@ -39,9 +41,11 @@ from lkps_client._exceptions import (
 )
 from lkps_client._models import (
     AgentInfo,
+    AgentRegistration,
     AuditRecord,
     AuthorizationOverride,
     ChainVerification,
+    Heartbeat,
     Session,
 )
 from lkps_client._version import __version__
@@ -51,6 +55,7 @@ __all__ = [
     "AccessTokenLike",
     "AgentInfo",
     "AgentNotConnectedError",
+    "AgentRegistration",
     "AsyncLkpsClient",
     "AsyncTokenCredential",
     "AsyncTokenProvider",
@@ -60,11 +65,14 @@ __all__ = [
     "BadRequestError",
     "ChainVerification",
     "Environment",
+    "Heartbeat",
     "LkpsClient",
     "LkpsError",
     "NotAuthorizedError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RateLimitedError",
+    "RegistrationGoneError",
     "ServerError",
     "ServiceUnavailableError",
     "Session",

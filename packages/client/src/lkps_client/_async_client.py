@@ -18,9 +18,11 @@ from lkps_client._environments import Environment, resolve_environment
 from lkps_client._exceptions import LkpsError
 from lkps_client._models import (
     AgentInfo,
+    AgentRegistration,
     AuditRecord,
     AuthorizationOverride,
     ChainVerification,
+    Heartbeat,
     Session,
 )
 
@@ -94,6 +96,34 @@ class AsyncLkpsClient(BaseClient):
     ) -> Session:
         """See `LkpsClient.start_session`."""
         return await self._send(calls.start_session(agent_id, metadata))
+
+    # Agents
+
+    async def register_agent(
+        self,
+        *,
+        enforce_client_authz: bool | None = None,
+        version: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        registration_id: str | None = None,
+    ) -> AgentRegistration:
+        """See `LkpsClient.register_agent`."""
+        return await self._send(
+            calls.register_agent(
+                enforce_client_authz=enforce_client_authz,
+                version=version,
+                metadata=metadata,
+                registration_id=registration_id,
+            )
+        )
+
+    async def agent_heartbeat(self, registration_id: str | None = None) -> Heartbeat:
+        """See `LkpsClient.agent_heartbeat`."""
+        return await self._send(calls.agent_heartbeat(registration_id))
+
+    async def deregister_agent(self, registration_id: str | None = None) -> None:
+        """See `LkpsClient.deregister_agent`."""
+        await self._send(calls.deregister_agent(registration_id))
 
     # Administration
 

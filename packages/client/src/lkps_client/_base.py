@@ -13,6 +13,7 @@ from lkps_client._calls import REQUEST_ID_HEADER, Call, read_response
 from lkps_client._exceptions import (
     AuthenticationError,
     LkpsError,
+    RateLimitedError,
     ServiceUnavailableError,
     TransportError,
 )
@@ -95,8 +96,8 @@ class BaseClient:
     def _after_failure(self, error: LkpsError, attempt: int) -> float | None:
         """Seconds to wait before trying again, or None to raise `error` now.
 
-        Only a 503 and a transport error are retried: everything else would fail the same
-        way again. A retried session start may leave an unused room name and an extra
+        Only a 503, a 429 and a transport error are retried: everything else would fail
+        the same way again. A retried session start may leave an unused room name and an extra
         audit record behind; LiveKit creates rooms only when someone joins, so no room
         is left open.
         """
@@ -106,7 +107,7 @@ class BaseClient:
         if attempt >= self._retries:
             return None
         backoff = _BACKOFF_FIRST * 2.0 ** min(attempt, 16)
-        if isinstance(error, ServiceUnavailableError):
+        if isinstance(error, ServiceUnavailableError | RateLimitedError):
             wait = error.retry_after if error.retry_after is not None else backoff
             return wait if wait <= MAX_RETRY_WAIT else None
         if isinstance(error, TransportError):

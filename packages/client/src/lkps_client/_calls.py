@@ -27,19 +27,25 @@ from lkps_client._exceptions import (
     NotAuthorizedError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
+    RegistrationGoneError,
     ServerError,
     ServiceUnavailableError,
     UnexpectedResponseError,
 )
 from lkps_client._models import (
     AgentInfo,
+    AgentRegistration,
     AuditRecord,
     AuthorizationOverride,
     ChainVerification,
+    Heartbeat,
     Session,
     parse_agents,
     parse_audit_page,
+    parse_heartbeat,
     parse_override,
+    parse_registration,
     parse_session,
     parse_verification,
 )
@@ -89,6 +95,54 @@ def start_session(agent_id: str | UUID, metadata: Mapping[str, Any] | None) -> C
         lambda reply: parse_session(reply.body, reply.request_id),
         body=body,
         not_found=AgentNotConnectedError,
+    )
+
+
+def register_agent(
+    *,
+    enforce_client_authz: bool | None,
+    version: str | None,
+    metadata: Mapping[str, Any] | None,
+    registration_id: str | None,
+) -> Call[AgentRegistration]:
+    body: dict[str, Any] = {}
+    for name, value in (
+        ("enforce_client_authz", enforce_client_authz),
+        ("version", version),
+        ("registration_id", registration_id),
+    ):
+        if value is not None:
+            body[name] = value
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    return Call(
+        "POST",
+        "/api/agent/register",
+        lambda reply: parse_registration(reply.body, reply.request_id),
+        body=body,
+    )
+
+
+def _registration_ref(registration_id: str | None) -> dict[str, Any]:
+    return {} if registration_id is None else {"registration_id": registration_id}
+
+
+def agent_heartbeat(registration_id: str | None) -> Call[Heartbeat]:
+    return Call(
+        "POST",
+        "/api/agent/heartbeat",
+        lambda reply: parse_heartbeat(reply.body),
+        body=_registration_ref(registration_id),
+        not_found=RegistrationGoneError,
+    )
+
+
+def deregister_agent(registration_id: str | None) -> Call[None]:
+    return Call(
+        "POST",
+        "/api/agent/deregister",
+        lambda reply: None,
+        body=_registration_ref(registration_id),
     )
 
 
@@ -219,8 +273,9 @@ def error_from_response(
         # Not LKPS's body (a gateway's HTML page, an empty 502): map by status alone.
         code = f"http_{status}"
         message = _phrase(status)
-    if status == 503:
-        return ServiceUnavailableError(
+    if status in (429, 503):
+        waiting = ServiceUnavailableError if status == 503 else RateLimitedError
+        return waiting(
             status,
             code,
             message,

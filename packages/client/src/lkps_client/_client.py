@@ -18,9 +18,11 @@ from lkps_client._environments import Environment, resolve_environment
 from lkps_client._exceptions import LkpsError
 from lkps_client._models import (
     AgentInfo,
+    AgentRegistration,
     AuditRecord,
     AuthorizationOverride,
     ChainVerification,
+    Heartbeat,
     Session,
 )
 
@@ -110,6 +112,37 @@ class LkpsClient(BaseClient):
         is not pre-authorized.
         """
         return self._send(calls.start_session(agent_id, metadata))
+
+    # Agents (an agent's own app-only token; `lkps-agent` makes these calls for you)
+
+    def register_agent(
+        self,
+        *,
+        enforce_client_authz: bool | None = None,
+        version: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        registration_id: str | None = None,
+    ) -> AgentRegistration:
+        """Register this agent worker (or renew `registration_id`): a LiveKit token for
+        its worker connection, and the heartbeat interval LKPS expects. The agent id is
+        the app id of the calling token; a user's token gets `NotAuthorizedError`."""
+        return self._send(
+            calls.register_agent(
+                enforce_client_authz=enforce_client_authz,
+                version=version,
+                metadata=metadata,
+                registration_id=registration_id,
+            )
+        )
+
+    def agent_heartbeat(self, registration_id: str | None = None) -> Heartbeat:
+        """Keep a registration present. Raises `RegistrationGoneError` when it lapsed or
+        was deregistered: register again."""
+        return self._send(calls.agent_heartbeat(registration_id))
+
+    def deregister_agent(self, registration_id: str | None = None) -> None:
+        """End a registration; without an id, every registration of the calling agent."""
+        self._send(calls.deregister_agent(registration_id))
 
     # Administration (app role LKPS.Admin; reading also LKPS.Auditor)
 

@@ -108,8 +108,30 @@ class AgentNotConnectedError(NotFoundError):
     registration lapsed. Nothing is wrong with the request; the agent must be running."""
 
 
+class RegistrationGoneError(NotFoundError):
+    """404 from `agent_heartbeat`: the registration lapsed (no heartbeat within the
+    presence TTL) or was deregistered. The agent must register again."""
+
+
 class PayloadTooLargeError(LkpsError):
     """413: the request body exceeded LKPS's size limit (64 KiB by default)."""
+
+
+class RateLimitedError(LkpsError):
+    """429: this client app, user or agent sent more requests than LKPS's rate limit
+    allows. `retry_after` is the `Retry-After` header in seconds (None when absent)."""
+
+    def __init__(
+        self,
+        status_code: int | None,
+        code: str,
+        message: str,
+        request_id: str | None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status_code, code, message, request_id)
+        self.retry_after = retry_after
 
 
 class ServerError(LkpsError):

@@ -40,6 +40,33 @@ class Session:
 
 
 @dataclass(frozen=True)
+class AgentRegistration:
+    """An agent worker's registration: the LiveKit token its worker connects with, and
+    how often LKPS wants to hear from it.
+
+    The token carries only the `agent` grant (it registers a worker, it joins no room),
+    but it is still a bearer credential, so `repr()` leaves it out.
+    """
+
+    agent_name: str
+    livekit_url: str
+    token: str = field(repr=False)
+    expires_at: datetime
+    heartbeat_interval_seconds: int
+    presence_ttl_seconds: int
+    registration_id: str
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """LKPS's answer to a heartbeat: the registration is alive until `presence_expires_at`."""
+
+    connected: bool
+    presence_expires_at: datetime
+
+
+@dataclass(frozen=True)
 class AuthorizationOverride:
     """An operator's override of one agent's client authorization.
 
@@ -177,6 +204,28 @@ def parse_session(value: Any, request_id: str | None) -> Session:
         session_id=_opt_str(document, "session_id"),
         expires_at=_opt_datetime(document, "expires_at"),
         request_id=request_id,
+    )
+
+
+def parse_registration(value: Any, request_id: str | None) -> AgentRegistration:
+    document = _object(value)
+    return AgentRegistration(
+        agent_name=_str(document, "agent_name"),
+        livekit_url=_str(document, "livekit_url"),
+        token=_str(document, "token"),
+        expires_at=_datetime(document, "expires_at"),
+        heartbeat_interval_seconds=_int(document, "heartbeat_interval_seconds"),
+        presence_ttl_seconds=_int(document, "presence_ttl_seconds"),
+        registration_id=_str(document, "registration_id"),
+        request_id=request_id,
+    )
+
+
+def parse_heartbeat(value: Any) -> Heartbeat:
+    document = _object(value)
+    return Heartbeat(
+        connected=_bool(document, "connected"),
+        presence_expires_at=_datetime(document, "presence_expires_at"),
     )
 
 
