@@ -306,8 +306,11 @@ def test_for_environment() -> None:
     )
     assert custom.base_url == "https://pl.test"
     custom.close()
-    with pytest.raises(ValueError, match="known: np, prod"):
+    with pytest.raises(ValueError, match="known: dev, np, prod"):
         LkpsClient.for_environment("staging", token="t")
+    dev = LkpsClient.for_environment("dev", token="t")
+    assert dev.base_url == "http://127.0.0.1:8080"  # `lkps dev`
+    dev.close()
 
 
 @pytest.mark.parametrize(

@@ -1,1 +1,47 @@
-"""Run a `livekit-agents` worker on an Entra identity, with LiveKit tokens from LKPS."""
+"""Run a livekit-agents worker on an Entra identity: LKPS issues its LiveKit token.
+
+    from livekit.agents import JobContext, cli
+    from lkps_agent import LkpsAgentServer
+
+    server = LkpsAgentServer()  # reads LKPS_ENVIRONMENT, AZURE_CLIENT_ID, ... (AgentConfig)
+
+    @server.rtc_session()
+    async def entrypoint(ctx: JobContext) -> None:
+        await ctx.connect()
+
+    if __name__ == "__main__":
+        cli.run_app(server)
+
+No LIVEKIT_API_KEY or LIVEKIT_API_SECRET: the SDK registers with LKPS, connects the
+worker with the token LKPS returns, heartbeats, renews the token before it expires and
+deregisters on shutdown. See docs/agent-guide.md.
+"""
+
+from lkps_agent.config import DEV_AGENT_ID, AgentConfig, AuthMode, ConfigurationError
+from lkps_agent.credentials import DevCredential, build_credential
+from lkps_agent.errors import (
+    LiveKitRejectedTokenError,
+    LkpsAgentError,
+    RegistrationRefusedError,
+    UnsupportedLiveKitAgentsError,
+)
+from lkps_agent.lifecycle import AgentLifecycle
+from lkps_agent.server import LkpsAgentServer
+from lkps_agent.status import AgentState, AgentStatus
+
+__all__ = [
+    "DEV_AGENT_ID",
+    "AgentConfig",
+    "AgentLifecycle",
+    "AgentState",
+    "AgentStatus",
+    "AuthMode",
+    "ConfigurationError",
+    "DevCredential",
+    "LiveKitRejectedTokenError",
+    "LkpsAgentError",
+    "LkpsAgentServer",
+    "RegistrationRefusedError",
+    "UnsupportedLiveKitAgentsError",
+    "build_credential",
+]

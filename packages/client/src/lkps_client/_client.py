@@ -84,7 +84,7 @@ class LkpsClient(BaseClient):
         retries: int = 0,
         http_client: httpx.Client | None = None,
     ) -> Self:
-        """A client for a known deployment ("np", "prod"): its URL, and with `credential`
+        """A client for a known deployment ("np", "prod", or "dev" for `lkps dev`): its URL, and with `credential`
         its scope, filled in. `base_url`/`scope` override them (a private endpoint, say)."""
         env = resolve_environment(environment, base_url, scope)
         return cls(

@@ -20,6 +20,12 @@ class Environment:
 
 ENVIRONMENTS: Mapping[str, Environment] = MappingProxyType(
     {
+        # `lkps dev` on this machine, with its development identity provider.
+        "dev": Environment(
+            name="dev",
+            base_url="http://127.0.0.1:8080",
+            scope="api://lkps-dev/.default",
+        ),
         "np": Environment(
             name="np",
             base_url="https://eu-livekit-platform-service-np.int.bayer.com",
@@ -32,7 +38,7 @@ ENVIRONMENTS: Mapping[str, Environment] = MappingProxyType(
         ),
     }
 )
-"""The seed environments, from the LKPS client developer guide. Read-only: pass
+"""`lkps dev`, and the seed environments from the LKPS client developer guide. Read-only: pass
 `base_url=`/`scope=` to `for_environment`, or an `Environment` of your own."""
 
 

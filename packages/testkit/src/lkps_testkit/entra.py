@@ -4,8 +4,11 @@ Claim sets follow what Entra issues for v1.0 and v2.0 access tokens, delegated
 (a signed-in user, `scp`) and app-only (client credentials, `roles`, `idtyp: app`),
 so that the LKPS validator is exercised on the shapes it meets in production. The ASGI
 app serves the endpoints LKPS and its SDKs use: OpenID configuration, the JWKS, and
-the v2.0 token endpoint (client credentials, with a client secret or a certificate's
-signed client assertion).
+the v2.0 token endpoint (client credentials, with a client secret, a certificate's
+signed client assertion, or a federated identity credential's assertion: workload
+identity), and a managed identity endpoint shaped like App Service's
+(`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`), which azure-identity's
+`ManagedIdentityCredential` uses when those variables are set.
 
 Like Entra, the token endpoint issues a token in the version the resource accepts:
 Microsoft Graph takes v1.0 tokens (`iss` sts.windows.net, `appid`), whatever endpoint
@@ -39,6 +42,8 @@ LOGIN_HOST = "https://login.microsoftonline.com"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# The audience Entra requires of a federated (workload identity) assertion.
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 _NAMESPACE = uuid.UUID("6f1c2f0e-8f5e-4b8e-9a43-3c1b8f0b7a11")
 
 
@@ -87,6 +92,32 @@ def _thumbprint(key: rsa.RSAPrivateKey) -> str:
     return _b64url(hashlib.sha1(der, usedforsecurity=False).digest())
 
 
+@dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential on an app registration: Entra accepts, instead of
+    a secret, a token that `issuer` (a Kubernetes cluster's OIDC issuer, say) signed for
+    `subject`. `assertion()` is what the platform writes to AZURE_FEDERATED_TOKEN_FILE."""
+
+    issuer: str
+    subject: str
+    key: SigningKey = field(default_factory=SigningKey.generate)
+    audience: str = TOKEN_EXCHANGE_AUDIENCE
+
+    def assertion(self, *, lifetime: int = 3600, subject: str | None = None) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": subject or self.subject,
+            "aud": [self.audience],
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+        }
+        return jwt.encode(
+            claims, self.key.private_key, algorithm="RS256", headers={"kid": self.key.kid}
+        )
+
+
 def stable_uuid(*parts: str) -> str:
     """The same object id for the same user or app in the same tenant, every run."""
     return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
@@ -101,6 +132,11 @@ class EntraDouble:
     client_secrets: dict[str, str] = field(default_factory=dict)
     # Certificates registered on a client's app registration (client assertion, PS256/RS256).
     client_certificates: dict[str, list[x509.Certificate]] = field(default_factory=dict)
+    # Federated identity credentials (workload identity): client id -> credentials.
+    federated_credentials: dict[str, list[FederatedCredential]] = field(default_factory=dict)
+    # Managed identities the managed identity endpoint serves: client id -> the secret the
+    # platform puts in IDENTITY_HEADER. The first one is the system-assigned identity.
+    managed_identities: dict[str, str] = field(default_factory=dict)
     # App roles granted to a client for a resource (audience): (client, audience) -> roles.
     # Graph's application id and App ID URI name the same resource.
     app_role_assignments: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -111,6 +147,7 @@ class EntraDouble:
     jwks_available: bool = True
     jwks_requests: int = 0
     token_requests: int = 0
+    managed_identity_requests: int = 0
 
     @property
     def signing_key(self) -> SigningKey:
@@ -253,6 +290,7 @@ class EntraDouble:
                 Route("/{tenant}/discovery/keys", self._keys_endpoint),
                 Route("/{tenant}/v2.0/.well-known/openid-configuration", self._openid_endpoint),
                 Route("/{tenant}/oauth2/v2.0/token", self._token_endpoint, methods=["POST"]),
+                Route("/msi/token", self._managed_identity_endpoint),
             ]
         )
 
@@ -289,7 +327,14 @@ class EntraDouble:
         if form.get("grant_type") != "client_credentials":
             return _aad_error(400, "unsupported_grant_type", "AADSTS70003", "unsupported grant")
         client_id = str(form.get("client_id", ""))
-        if client_id not in self.client_secrets and client_id not in self.client_certificates:
+        if not any(
+            client_id in registered
+            for registered in (
+                self.client_secrets,
+                self.client_certificates,
+                self.federated_credentials,
+            )
+        ):
             return _aad_error(400, "unauthorized_client", "AADSTS700016", "application not found")
         if "client_assertion" in form:
             failure = self._check_client_assertion(
@@ -313,15 +358,7 @@ class EntraDouble:
         scope = str(form.get("scope", ""))
         if not scope.endswith("/.default"):
             return _aad_error(400, "invalid_scope", "AADSTS1002012", "scope must end in /.default")
-        audience = scope.removesuffix("/.default")
-        resource = GRAPH_RESOURCE if audience == GRAPH_APP_ID else audience
-        roles = self.app_role_assignments.get((client_id, resource), [])
-        token = self.app_token(
-            audience=audience,
-            client_app_id=client_id,
-            roles=roles,
-            version=self.resource_token_versions.get(audience, "2.0"),
-        )
+        token = self._token_for(client_id, scope.removesuffix("/.default"))
         return JSONResponse(
             {
                 "token_type": "Bearer",
@@ -331,10 +368,51 @@ class EntraDouble:
             }
         )
 
+    def _token_for(self, client_id: str, audience: str) -> str:
+        """An app-only token for `audience`, in the version that resource accepts."""
+        resource = GRAPH_RESOURCE if audience == GRAPH_APP_ID else audience
+        return self.app_token(
+            audience=audience,
+            client_app_id=client_id,
+            roles=self.app_role_assignments.get((client_id, resource), []),
+            version=self.resource_token_versions.get(audience, "2.0"),
+        )
+
+    async def _managed_identity_endpoint(self, request: Request) -> JSONResponse:
+        """App Service's managed identity endpoint (api-version 2019-08-01)."""
+        self.managed_identity_requests += 1
+        query = request.query_params
+        wanted = query.get("client_id") or next(iter(self.managed_identities), None)
+        header = request.headers.get("x-identity-header", "")
+        if wanted is None or wanted not in self.managed_identities:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "no such identity"}, 400
+            )
+        if not secrets.compare_digest(header, self.managed_identities[wanted]):
+            return JSONResponse(
+                {"error": "unauthorized", "error_description": "bad X-IDENTITY-HEADER"}, 401
+            )
+        resource = query.get("resource", "").removesuffix("/.default")
+        if not resource:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "no resource"}, 400
+            )
+        lifetime = 3599
+        return JSONResponse(
+            {
+                "access_token": self._token_for(wanted, resource),
+                "expires_on": str(int(time.time()) + lifetime),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": wanted,
+            }
+        )
+
     def _check_client_assertion(
         self, request: Request, client_id: str, assertion_type: str, form: Mapping[str, Any]
     ) -> JSONResponse | None:
-        """Verify a certificate credential's client assertion; an error response if it fails."""
+        """Verify a client assertion (a certificate's, or a federated credential's); an
+        error response if it fails."""
         if assertion_type != CLIENT_ASSERTION_TYPE:
             return _aad_error(400, "invalid_request", "AADSTS50027", "unsupported assertion type")
         assertion = str(form.get("client_assertion", ""))
@@ -342,6 +420,8 @@ class EntraDouble:
             header = jwt.get_unverified_header(assertion)
         except jwt.PyJWTError:
             return _aad_error(401, "invalid_client", "AADSTS50027", "malformed client assertion")
+        if "x5t" not in header and "x5t#S256" not in header:
+            return self._check_federated_assertion(client_id, assertion)
         # Thumbprints are base64url, with or without padding (azure-identity keeps it).
         x5t_s256 = str(header.get("x5t#S256", "")).rstrip("=")
         x5t = str(header.get("x5t", "")).rstrip("=")
@@ -378,6 +458,38 @@ class EntraDouble:
         if claims.get("sub") != client_id:
             return _aad_error(401, "invalid_client", "AADSTS700023", "assertion subject mismatch")
         return None
+
+    def _check_federated_assertion(self, client_id: str, assertion: str) -> JSONResponse | None:
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return _aad_error(401, "invalid_client", "AADSTS50027", "malformed client assertion")
+        for credential in self.federated_credentials.get(client_id, []):
+            if (unverified.get("iss"), unverified.get("sub")) != (
+                credential.issuer,
+                credential.subject,
+            ):
+                continue
+            try:
+                jwt.decode(
+                    assertion,
+                    credential.key.private_key.public_key(),
+                    algorithms=["RS256"],
+                    audience=credential.audience,
+                    issuer=credential.issuer,
+                    options={"require": ["exp", "iss", "sub", "aud"]},
+                )
+            except jwt.PyJWTError as exc:
+                return _aad_error(
+                    401, "invalid_client", "AADSTS700024", f"client assertion is not valid: {exc}"
+                )
+            return None
+        return _aad_error(
+            401,
+            "invalid_client",
+            "AADSTS70021",
+            "no matching federated identity record found for presented assertion",
+        )
 
     def _known_tenant(self, request: Request) -> bool:
         return request.path_params["tenant"] in {self.tenant_id, "common", "organizations"}

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 # so the README walk-through works on the first try.
 DEV_CLIENT_ID = "00000000-0000-4000-8000-00000000c11e"
 DEV_AGENT_ID = "00000000-0000-4000-8000-0000000a9e47"
+# The dev identity provider's token endpoint gives these two apps app-only tokens for this
+# secret (client credentials), so agents built on lkps-agent run against `lkps dev` as they
+# would against Entra. Public on purpose: only a dev instance accepts what it yields.
+DEV_APP_SECRET = "lkps-dev-secret"
 DEV_LIVEKIT_URL = "ws://127.0.0.1:7880"  # `livekit-server --dev`
 DEV_LIVEKIT_KEY, DEV_LIVEKIT_SECRET = "devkey", "secret"  # `livekit-server --dev`'s pair
 
@@ -48,7 +52,12 @@ def identity_provider(state_dir: Path) -> EntraDouble:
         key = SigningKey.generate()
         key_file.write_bytes(key.to_pem())
         key_file.chmod(0o600)
-    return EntraDouble(tenant_id=DEV_TENANT_ID, keys=[key], user_domain="dev.lkps.example")
+    return EntraDouble(
+        tenant_id=DEV_TENANT_ID,
+        keys=[key],
+        user_domain="dev.lkps.example",
+        client_secrets={DEV_AGENT_ID: DEV_APP_SECRET, DEV_CLIENT_ID: DEV_APP_SECRET},
+    )
 
 
 def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Settings:
@@ -185,6 +194,9 @@ LKPS dev instance (LKPS_ENV=dev; development identity provider)
   LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key})
   database       {settings.database_url}
   allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
+  token endpoint {base}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/oauth2/v2.0/token
+                 (client credentials for either app id above, secret "{DEV_APP_SECRET}")
+  agent SDK      LKPS_ENVIRONMENT=dev python examples/agent/agent.py dev
 
 Try it (another terminal, same folder):
   AGENT_TOKEN=$(uv run lkps dev token --agent {DEV_AGENT_ID})
