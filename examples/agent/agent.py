@@ -1,0 +1,94 @@
+"""A minimal agent on lkps-agent: it greets whoever starts a session, over a data message,
+and echoes what they send.
+
+Against `lkps dev` (and `livekit-server --dev`) on this machine:
+
+    LKPS_ENVIRONMENT=dev python examples/agent/agent.py start
+
+Against a real LKPS, configure the agent's Entra identity instead (see docs/agent-guide.md):
+
+    LKPS_ENVIRONMENT=np AZURE_TENANT_ID=... AZURE_CLIENT_ID=<agent app id> \
+    AZURE_CLIENT_SECRET=... LKPS_AUTH=secret python examples/agent/agent.py start
+
+No LIVEKIT_API_KEY or LIVEKIT_API_SECRET anywhere: LKPS issues the worker's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import JobContext, cli
+
+from lkps_agent import LkpsAgentServer
+
+logger = logging.getLogger("example-agent")
+
+GREETING_TOPIC = "lkps.example"
+
+server = LkpsAgentServer(  # was: AgentServer(...)
+    # Above this CPU load the worker reports itself full and LiveKit stops dispatching to
+    # it; on a shared machine (a CI runner) raise it, "inf" never reports full.
+    load_threshold=float(os.environ.get("AGENT_LOAD_THRESHOLD", "0.7")),
+)
+
+
+@server.rtc_session()  # was: @server.rtc_session(agent_name="my-agent"); the name is the app id
+async def entrypoint(ctx: JobContext) -> None:
+    # The client's `metadata` from POST /api/session/start, exactly as it sent it.
+    metadata: dict[str, Any] = json.loads(ctx.job.metadata or "{}")
+    logger.info("session started", extra={"room": ctx.job.room.name, "keys": sorted(metadata)})
+    _report(ctx, metadata)
+
+    await ctx.connect()
+
+    async def greet() -> None:
+        # Jobs run in processes of their own: the agent name comes with the job.
+        greeting = {"greeting": f"hello from {ctx.job.agent_name}", "metadata": metadata}
+        await ctx.room.local_participant.publish_data(
+            json.dumps(greeting), reliable=True, topic=GREETING_TOPIC
+        )
+
+    replies: set[asyncio.Task[None]] = set()
+
+    @ctx.room.on("data_received")
+    def on_data(packet: rtc.DataPacket) -> None:
+        if packet.topic == GREETING_TOPIC:
+            answer = json.dumps({"echo": packet.data.decode(errors="replace")})
+            reply = asyncio.create_task(
+                ctx.room.local_participant.publish_data(answer, reliable=True, topic=GREETING_TOPIC)
+            )
+            replies.add(reply)
+            reply.add_done_callback(replies.discard)
+
+    client = await ctx.wait_for_participant()
+    await greet()
+    # Stay until the client leaves (the job, and the agent's seat, end with the entrypoint).
+    left = asyncio.Event()
+    ctx.room.on(
+        "participant_disconnected",
+        lambda participant: left.set() if participant.identity == client.identity else None,
+    )
+    await left.wait()
+
+
+def _report(ctx: JobContext, metadata: dict[str, Any]) -> None:
+    """For the end-to-end tests: what the entrypoint received, as a file they can read."""
+    folder = os.environ.get("LKPS_EXAMPLE_REPORT_DIR")
+    if folder:
+        report = {
+            "room": ctx.job.room.name,
+            "job_id": ctx.job.id,
+            "metadata": metadata,
+            "pid": os.getpid(),
+        }
+        Path(folder, f"{ctx.job.id}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    cli.run_app(server)
