@@ -61,6 +61,8 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        for _ in range(5):  # a sleep cancelled in these turns of the loop let no time pass
+            await asyncio.sleep(0)
         self.now += seconds
         await asyncio.sleep(0)
 
@@ -107,8 +109,15 @@ class ScriptedLkps:
             self.register_script, lambda: self.registration(body.get("registration_id"))
         )
 
-    async def agent_heartbeat(self, registration_id: str | None = None) -> Heartbeat:
-        self.calls.append(("heartbeat", {"registration_id": registration_id}))
+    async def agent_heartbeat(
+        self, registration_id: str | None = None, *, worker_connected: bool | None = None
+    ) -> Heartbeat:
+        self.calls.append(
+            (
+                "heartbeat",
+                {"registration_id": registration_id, "worker_connected": worker_connected},
+            )
+        )
         return self._answer(  # type: ignore[no-any-return]
             self.heartbeat_script,
             lambda: Heartbeat(True, datetime.fromtimestamp(self.clock.now + 90, UTC)),
@@ -174,6 +183,8 @@ async def test_registers_with_the_configured_body(
                 "version": "1.0.0",
                 "metadata": None,
                 "registration_id": None,
+                # Not dispatchable until LiveKit has the worker: see worker_connected.
+                "worker_connected": False,
             },
         )
     ]
@@ -193,9 +204,53 @@ async def test_heartbeats_at_the_interval_lkps_returns(
     await run_until(clock, start + 5 * HEARTBEAT)
     beats = [body for name, body in lkps.calls if name == "heartbeat"]
     assert len(beats) >= 4
-    assert all(body == {"registration_id": registration.registration_id} for body in beats)
+    assert all(body["registration_id"] == registration.registration_id for body in beats)
     assert clock.sleeps[:4] == [HEARTBEAT] * 4
     await lifecycle.stop()
+
+
+async def test_worker_connection_changes_reach_lkps_at_once(
+    lifecycle: AgentLifecycle,
+    lkps: ScriptedLkps,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", "lkps_agent")
+    start = clock.now
+    await lifecycle.start()
+    await asyncio.sleep(0)  # the keep-alive task is asleep until the first heartbeat
+    lifecycle.worker_connected(True)
+    for _ in range(100):
+        if lkps.names()[-1:] == ["heartbeat"]:
+            break
+        await asyncio.sleep(0)
+    assert lkps.calls[-1] == (
+        "heartbeat",
+        {"registration_id": lifecycle.status().registration_id, "worker_connected": True},
+    )
+    assert clock.now < start + HEARTBEAT  # not at the next scheduled heartbeat
+    assert lifecycle.status().worker_connected
+    lifecycle.worker_connected(False)
+    for _ in range(100):
+        if lkps.calls[-1][1].get("worker_connected") is False:
+            break
+        await asyncio.sleep(0)
+    assert lkps.calls[-1][1]["worker_connected"] is False
+    lifecycle.worker_connected(False)  # no change: nothing to tell LKPS
+    assert caplog.text.count("worker lost its LiveKit connection") == 1
+    await lifecycle.stop()
+
+
+async def test_renewals_carry_the_worker_state(
+    lifecycle: AgentLifecycle, lkps: ScriptedLkps, clock: FakeClock
+) -> None:
+    await lifecycle.start()
+    lifecycle.worker_connected(True)
+    await lifecycle.stop(deregister=False)
+    clock.now += 0.9 * TOKEN_TTL
+    await lifecycle.worker_token()
+    assert lkps.calls[-1][0] == "register"
+    assert lkps.calls[-1][1]["worker_connected"] is True
 
 
 async def test_renews_the_token_after_80_percent_of_its_lifetime(

@@ -70,8 +70,8 @@ def test_placeholder_credentials_are_random_and_named() -> None:
 
 @pytest.mark.parametrize("option", ["api_key", "api_secret", "ws_url"])
 def test_static_livekit_options_are_refused(option: str) -> None:
+    options: dict[str, Any] = {option: "x"}
     with pytest.raises(ConfigurationError, match=f"takes no {option}"):
-        options: dict[str, Any] = {option: "x"}
         LkpsAgentServer(config=CONFIG, **options)
 
 
@@ -88,6 +88,7 @@ class RecordingTokens:
         self.rejected: list[str] = []
         self.accepted = 0
         self.issued = 0
+        self.connection_changes: list[bool] = []
 
     async def worker_token(self) -> str:
         self.issued += 1
@@ -98,6 +99,9 @@ class RecordingTokens:
 
     def livekit_accepted(self) -> None:
         self.accepted += 1
+
+    def worker_connected(self, connected: bool) -> None:
+        self.connection_changes.append(connected)
 
 
 class FakeSession:
@@ -141,6 +145,19 @@ async def test_the_worker_socket_carries_the_lkps_token() -> None:
     # Everything else on the session is the session's own.
     await server._http_session.close()
     assert session.closed
+
+
+async def test_a_reconnect_reports_the_lost_connection_first() -> None:
+    tokens, session = RecordingTokens(), FakeSession()
+    server = seamed(tokens, session)
+    await server._http_session.ws_connect("ws://livekit.test/agent")
+    assert tokens.connection_changes == []  # connected is LiveKit's register answer
+    await server._http_session.ws_connect("ws://livekit.test/agent")
+    assert tokens.connection_changes == [False]
+    assert [kwargs["headers"]["Authorization"] for _, kwargs in session.calls] == [
+        "Bearer lkps-token-1",
+        "Bearer lkps-token-2",
+    ]
 
 
 async def test_other_sockets_are_left_alone() -> None:

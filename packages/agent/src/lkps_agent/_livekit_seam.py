@@ -61,6 +61,8 @@ class WorkerTokenSource(Protocol):
 
     def livekit_accepted(self) -> None: ...
 
+    def worker_connected(self, connected: bool) -> None: ...
+
 
 def check_supported() -> None:
     """Raise `UnsupportedLiveKitAgentsError` unless the installed livekit-agents is in the
@@ -112,6 +114,7 @@ class _WorkerSocketAuth:
     def __init__(self, session: aiohttp.ClientSession, tokens: WorkerTokenSource) -> None:
         self._session = session
         self._tokens = tokens
+        self._opened = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
@@ -119,6 +122,10 @@ class _WorkerSocketAuth:
     async def ws_connect(self, url: Any, *args: Any, **kwargs: Any) -> Any:
         if not urlparse(str(url)).path.rstrip("/").endswith("/agent"):
             return await self._session.ws_connect(url, *args, **kwargs)
+        if self._opened:
+            # The worker only reconnects after its previous socket ended.
+            self._opened = False
+            self._tokens.worker_connected(False)
         token = await self._tokens.worker_token()
         kwargs["headers"] = {
             **dict(kwargs.get("headers") or {}),
@@ -130,6 +137,7 @@ class _WorkerSocketAuth:
             if exc.status == 401:
                 await self._tokens.livekit_rejected(token)
             raise
+        self._opened = True
         self._tokens.livekit_accepted()
         return socket
 

@@ -96,6 +96,12 @@ class AgentLifecycle:
         self._last_contact: datetime | None = None
         self._presence_expires_at: datetime | None = None
         self._worker_connections = 0
+        # Whether the worker is registered with LiveKit now. LKPS counts the agent as
+        # present only while it is: a session started before the worker connects (or
+        # while it reconnects) would be dispatched to nobody, and LiveKit drops such
+        # jobs without a word.
+        self._worker_connected = False
+        self._wake = asyncio.Event()
         # The token issued in answer to LiveKit's last 401: if LiveKit refuses that one
         # too, renewing cannot help.
         self._token_after_rejection: str | None = None
@@ -124,6 +130,7 @@ class AgentLifecycle:
             consecutive_failures=self._failures,
             last_error=self._last_error,
             worker_connections=self._worker_connections,
+            worker_connected=self._worker_connected,
         )
 
     async def start(self) -> AgentRegistration:
@@ -177,6 +184,19 @@ class AgentLifecycle:
         """The worker socket opened: LiveKit took the token."""
         self._token_after_rejection = None
 
+    def worker_connected(self, connected: bool) -> None:
+        """The worker registered with LiveKit (True) or lost its connection (False):
+        tell LKPS at once, so session starts reach the agent exactly while LiveKit can
+        dispatch to it."""
+        if connected == self._worker_connected:
+            return
+        self._worker_connected = connected
+        logger.info(
+            "worker connected to LiveKit" if connected else "worker lost its LiveKit connection"
+        )
+        self._next_heartbeat = self._clock()
+        self._wake.set()
+
     async def stop(self, *, deregister: bool = True) -> None:
         """Stop the background task and end the registration, so session starts get 404
         at once instead of after the presence TTL. Best effort: LKPS being down must not
@@ -212,7 +232,7 @@ class AgentLifecycle:
             now = self._clock()
             wake = min(self._renew_at, self._next_heartbeat)
             if wake > now:
-                await self._sleep(wake - now)
+                await self._nap(wake - now)
             try:
                 if self._renew_due():
                     await self._renew()
@@ -230,10 +250,24 @@ class AgentLifecycle:
                 self._next_heartbeat = self._clock() + delay
                 self._renew_at = max(self._renew_at, self._next_heartbeat)
 
+    async def _nap(self, seconds: float) -> None:
+        """Sleep `seconds`, or less when `worker_connected` has news for LKPS."""
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+            self._wake.clear()
+
     async def _heartbeat(self) -> None:
         registration = self._current()
         try:
-            beat = await self._client.agent_heartbeat(registration.registration_id)
+            beat = await self._client.agent_heartbeat(
+                registration.registration_id, worker_connected=self._worker_connected
+            )
         except RegistrationGoneError:
             # Deregistered elsewhere, or LKPS did not hear from us within the presence
             # TTL (an outage): a new registration, not a crash.
@@ -260,6 +294,7 @@ class AgentLifecycle:
                 version=config.version,
                 metadata=config.metadata,
                 registration_id=registration_id,
+                worker_connected=self._worker_connected,
             )
         except LkpsError as exc:
             self._raise_if_fatal(exc)

@@ -95,6 +95,7 @@ class LkpsAgentServer(SeamedAgentServer):
             consecutive_failures=0,
             last_error=None,
             worker_connections=0,
+            worker_connected=False,
         )
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
@@ -151,6 +152,8 @@ class LkpsAgentServer(SeamedAgentServer):
         lifecycle = AgentLifecycle(self._lkps_client, config, on_fatal=self._on_fatal)
         self._lkps_lifecycle = lifecycle
         self._use_tokens(lifecycle)
+        # LiveKit's answer to the worker's register message: from now on it can dispatch.
+        self.on("worker_registered", lambda *_: lifecycle.worker_connected(True))
         return lifecycle
 
     async def _stop_lifecycle(self) -> None:

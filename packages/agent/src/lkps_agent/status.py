@@ -38,6 +38,8 @@ class AgentStatus:
     last_error: str | None
     worker_connections: int
     """Worker WebSocket connections opened with an LKPS token (reconnects included)."""
+    worker_connected: bool
+    """The worker is registered with LiveKit now (LKPS sends sessions only then)."""
 
     @property
     def healthy(self) -> bool:

@@ -106,6 +106,7 @@ class AsyncLkpsClient(BaseClient):
         version: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         registration_id: str | None = None,
+        worker_connected: bool | None = None,
     ) -> AgentRegistration:
         """See `LkpsClient.register_agent`."""
         return await self._send(
@@ -114,12 +115,15 @@ class AsyncLkpsClient(BaseClient):
                 version=version,
                 metadata=metadata,
                 registration_id=registration_id,
+                worker_connected=worker_connected,
             )
         )
 
-    async def agent_heartbeat(self, registration_id: str | None = None) -> Heartbeat:
+    async def agent_heartbeat(
+        self, registration_id: str | None = None, *, worker_connected: bool | None = None
+    ) -> Heartbeat:
         """See `LkpsClient.agent_heartbeat`."""
-        return await self._send(calls.agent_heartbeat(registration_id))
+        return await self._send(calls.agent_heartbeat(registration_id, worker_connected))
 
     async def deregister_agent(self, registration_id: str | None = None) -> None:
         """See `LkpsClient.deregister_agent`."""

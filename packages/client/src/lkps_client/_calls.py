@@ -104,12 +104,14 @@ def register_agent(
     version: str | None,
     metadata: Mapping[str, Any] | None,
     registration_id: str | None,
+    worker_connected: bool | None = None,
 ) -> Call[AgentRegistration]:
     body: dict[str, Any] = {}
     for name, value in (
         ("enforce_client_authz", enforce_client_authz),
         ("version", version),
         ("registration_id", registration_id),
+        ("worker_connected", worker_connected),
     ):
         if value is not None:
             body[name] = value
@@ -127,12 +129,17 @@ def _registration_ref(registration_id: str | None) -> dict[str, Any]:
     return {} if registration_id is None else {"registration_id": registration_id}
 
 
-def agent_heartbeat(registration_id: str | None) -> Call[Heartbeat]:
+def agent_heartbeat(
+    registration_id: str | None, worker_connected: bool | None = None
+) -> Call[Heartbeat]:
+    body = _registration_ref(registration_id)
+    if worker_connected is not None:
+        body["worker_connected"] = worker_connected
     return Call(
         "POST",
         "/api/agent/heartbeat",
         lambda reply: parse_heartbeat(reply.body),
-        body=_registration_ref(registration_id),
+        body=body,
         not_found=RegistrationGoneError,
     )
 

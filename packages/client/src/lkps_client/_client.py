@@ -122,23 +122,30 @@ class LkpsClient(BaseClient):
         version: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         registration_id: str | None = None,
+        worker_connected: bool | None = None,
     ) -> AgentRegistration:
         """Register this agent worker (or renew `registration_id`): a LiveKit token for
         its worker connection, and the heartbeat interval LKPS expects. The agent id is
-        the app id of the calling token; a user's token gets `NotAuthorizedError`."""
+        the app id of the calling token; a user's token gets `NotAuthorizedError`.
+        `worker_connected=False` registers without becoming present: sessions get 404
+        until a heartbeat says the worker is connected to LiveKit."""
         return self._send(
             calls.register_agent(
                 enforce_client_authz=enforce_client_authz,
                 version=version,
                 metadata=metadata,
                 registration_id=registration_id,
+                worker_connected=worker_connected,
             )
         )
 
-    def agent_heartbeat(self, registration_id: str | None = None) -> Heartbeat:
+    def agent_heartbeat(
+        self, registration_id: str | None = None, *, worker_connected: bool | None = None
+    ) -> Heartbeat:
         """Keep a registration present. Raises `RegistrationGoneError` when it lapsed or
-        was deregistered: register again."""
-        return self._send(calls.agent_heartbeat(registration_id))
+        was deregistered: register again. `worker_connected` tells LKPS whether the
+        agent's worker is connected to LiveKit (sessions get 404 while it is not)."""
+        return self._send(calls.agent_heartbeat(registration_id, worker_connected))
 
     def deregister_agent(self, registration_id: str | None = None) -> None:
         """End a registration; without an id, every registration of the calling agent."""
