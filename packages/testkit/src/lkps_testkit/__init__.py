@@ -9,6 +9,10 @@ that a server without this distribution cannot trust it.
 - `GraphDouble`: Microsoft Graph's `applications(appId=...)`, with OData errors,
   throttling, delays and request counters.
 - `ServerThread`: any of them (or LKPS) on 127.0.0.1, over TLS with `generate_tls_files`.
+- `lkps_testkit.livekit.LiveKitDouble`: a LiveKit server speaking LiveKit's wire protocol
+  (worker socket, Twirp room and dispatch services, joins with `roomConfig`), in a thread
+  or as `python -m lkps_testkit.livekit`; imported from its own module, since it pulls in
+  aiohttp and the LiveKit protobufs.
 """
 
 from lkps_testkit.entra import EntraDouble, FederatedCredential, SigningKey
