@@ -1,5 +1,6 @@
 """The seam between lkps-agent and livekit-agents' internals: it must fail loudly the day
-an upgrade changes them. (A real worker through the seam: test_worker_through_lkps.py.)"""
+an upgrade changes them. (A real worker through the seam, against the LiveKit double and a
+real livekit-server: tests/e2e/test_agent_flow.py, tests/realserver/test_agent_e2e.py.)"""
 
 from __future__ import annotations
 
