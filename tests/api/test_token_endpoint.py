@@ -113,7 +113,9 @@ async def test_same_checks_as_session_start(present: Lkps) -> None:
 
 async def test_audited_like_session_start(present: Lkps) -> None:
     response = await token_request(present, dispatch())
+    assert response.status_code == 201
     record = (await present.audit_records())[-1]
-    assert (record.event, record.outcome, record.status) == ("session.start", "granted", 200)
+    # The record carries the status the caller saw.
+    assert (record.event, record.outcome, record.status) == ("session.start", "granted", 201)
     assert record.room_name == response.json()["room_name"]
     assert record.as_json()["details"]["via"] == "token"

@@ -50,10 +50,20 @@ RequestReader = Callable[[Request, Services], Awaitable[WantedSession]]
 
 
 async def start_audited(
-    request: Request, services: Services, context: RequestContext, read: RequestReader, via: str
+    request: Request,
+    services: Services,
+    context: RequestContext,
+    read: RequestReader,
+    via: str,
+    *,
+    granted_status: int = 200,
 ) -> StartedSession:
+    # The audit record and the log line carry the status the caller will see.
     async with services.audit_scope(
-        AuditEvent.SESSION_START, context, failure_message=SESSION_FAILED
+        AuditEvent.SESSION_START,
+        context,
+        failure_message=SESSION_FAILED,
+        granted_status=granted_status,
     ) as audit:
         caller = await authenticate(request, services, audit)
         await services.limits.check(Limit.SESSION_PER_CLIENT, caller.client_app_id)
@@ -180,7 +190,9 @@ async def token_endpoint(
     """LiveKit's standard token endpoint: name the agent in
     `room_config.agents[0].agent_name`; LKPS chooses everything else, as for
     `/api/session/start`, with the same checks and the same audit record."""
-    session = await start_audited(request, services, context, read_token_request, "token")
+    session = await start_audited(
+        request, services, context, read_token_request, "token", granted_status=201
+    )
     response = TokenSourceResponse(
         server_url=session.livekit_url,
         participant_token=session.participant_token.jwt,

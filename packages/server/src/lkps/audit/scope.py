@@ -39,7 +39,7 @@ class RequestContext:
 
 
 # Statuses after which a session start's agent is one LKPS knows (registered).
-_KNOWN_AGENT_STATUSES = frozenset({200, 403})
+_KNOWN_AGENT_STATUSES = frozenset({200, 201, 403})
 
 
 def count(entry: AuditEntry) -> None:
