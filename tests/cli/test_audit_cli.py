@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.backends import StoreSql, TestDatabase
-from tests.cli.processes import clean_environment, run_lkps
 from tests.conftest import Lkps
+from tests.processes import clean_environment, run_lkps
 
 pytestmark = pytest.mark.cli
 

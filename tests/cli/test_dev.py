@@ -12,7 +12,7 @@ from livekit.api import TokenVerifier
 
 from lkps.cli.dev import DEV_AGENT_ID, DEV_CLIENT_ID, DEV_LIVEKIT_KEY, DEV_LIVEKIT_SECRET
 from lkps.config import DEV_AUDIENCE, DEV_TENANT_ID
-from tests.cli.processes import clean_environment, free_port, lkps_process, process_output, run_lkps
+from tests.processes import clean_environment, free_port, lkps_process, process_output, run_lkps
 
 pytestmark = pytest.mark.cli
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.processes import clean_environment, run_lkps
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_B, Served
+from tests.processes import clean_environment, run_lkps
 
 # These are about the CLI and the API between it and LKPS; the store behind LKPS is
 # exercised on every backend by tests/api and tests/client.

@@ -11,8 +11,8 @@ import pytest
 from lkps.authorization.file import write_authorization_file
 from lkps_testkit import EntraDouble, ServerThread
 from tests.backends import TestDatabase
-from tests.cli.processes import clean_environment, free_port, lkps_process, process_output, run_lkps
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET
+from tests.processes import clean_environment, free_port, lkps_process, process_output, run_lkps
 
 pytestmark = pytest.mark.cli
 

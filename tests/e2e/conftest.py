@@ -15,7 +15,7 @@ from lkps_testkit.livekit import LiveKitDouble
 from tests.backends import TestDatabase
 from tests.conftest import LIVEKIT_KEY, LIVEKIT_SECRET
 from tests.e2e.harness import AgentProcess, LiveKitEndpoint, lkps_replica
-from tests.faults.processes import Replica
+from tests.processes import Replica
 
 
 @dataclass

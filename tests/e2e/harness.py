@@ -10,22 +10,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from lkps_client import AgentNotConnectedError, LkpsClient, Session
 from lkps_testkit import EntraDouble
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_A
-from tests.faults.processes import Replica, serve_environment
+from tests.processes import ManagedProcess, Replica, serve_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_AGENT = ROOT / "examples" / "agent" / "agent.py"
@@ -82,21 +80,14 @@ def lkps_replica(
     return Replica(name, env, workdir)
 
 
-class AgentProcess:
+class AgentProcess(ManagedProcess):
     """examples/agent/agent.py `start`, with an Entra client secret, as its own process."""
 
     def __init__(
         self, workdir: Path, *, lkps_url: str, entra: EntraDouble, authority: str, ca_bundle: Path
     ) -> None:
-        self.workdir = workdir
-        self.report_dir = workdir / "agent-reports"
-        self.report_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "agent.log"
-        self._log: IO[str] | None = None
-        self.process: subprocess.Popen[str] | None = None
-        self._terminated = False
         entra.client_secrets[AGENT] = AGENT_SECRET
-        self.env = {
+        env = {
             key: value
             for key, value in os.environ.items()
             # No static LiveKit credential, no LKPS setting of the test runner.
@@ -112,38 +103,19 @@ class AgentProcess:
             "AZURE_CLIENT_ID": AGENT,
             "AZURE_CLIENT_SECRET": AGENT_SECRET,
             "AZURE_AUTHORITY_HOST": authority,
-            "LKPS_EXAMPLE_REPORT_DIR": str(self.report_dir),
             "PYTHONUNBUFFERED": "1",
             # The test machine is shared: CPU load must not mark the worker full.
             "AGENT_LOAD_THRESHOLD": "inf",
         }
+        command = [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"]
+        super().__init__("agent", command, env, workdir)
+        self.report_dir = workdir / "agent-reports"
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        self.env["LKPS_EXAMPLE_REPORT_DIR"] = str(self.report_dir)
 
     def start(self) -> AgentProcess:
-        self._log = self.log_path.open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"],
-            env=self.env,
-            cwd=self.workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        super().start()
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_text(self) -> str:
-        if self._log is not None:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_count(self, pattern: str) -> int:
         return len(re.findall(pattern, self.log_text()))
@@ -151,32 +123,6 @@ class AgentProcess:
     def reports(self) -> list[dict[str, Any]]:
         """What the entrypoint received, one per job it ran."""
         return [json.loads(path.read_text()) for path in sorted(self.report_dir.glob("*.json"))]
-
-    def terminate(self) -> None:
-        """SIGTERM, once: livekit-agents' CLI takes a second one as "exit forcefully"."""
-        if self.running and not self._terminated:
-            self._terminated = True
-            os.kill(self.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL for the worker and its job processes, as when a container is killed."""
-        if self.running:
-            os.killpg(self.pid, signal.SIGKILL)
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.process is None:
-            return None
-        if self.running:
-            self.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                self.process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.process.returncode
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from tests.conftest import (
     LKPS_CLIENT_ID,
 )
 from tests.faults.postgres import PrivatePostgres, private_cluster_unavailable
-from tests.faults.processes import serve_environment
+from tests.processes import serve_environment
 
 EnvFactory = Callable[..., dict[str, str]]
 

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.cli.processes import free_port
+from tests.processes import free_port
 
 PG_BIN = Path(os.environ.get("LKPS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "postgres"

@@ -23,7 +23,6 @@ from tests.backends import TestDatabase
 from tests.conftest import AGENT, AGENT_2, CLIENT_A, CLIENT_B
 from tests.faults.conftest import GraphBacked, Identities
 from tests.faults.logs import assert_clean, check_logs
-from tests.faults.processes import replicas
 from tests.faults.traffic import (
     DEREGISTER,
     HEARTBEAT,
@@ -36,6 +35,7 @@ from tests.faults.traffic import (
     http_client,
     read_audit,
 )
+from tests.processes import replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backends("postgresql")]
 

@@ -21,11 +21,9 @@ import httpx
 import pytest
 
 from tests.backends import TestDatabase
-from tests.cli.processes import run_lkps
 from tests.conftest import CLIENT_A
 from tests.faults.conftest import GraphBacked, Identities
 from tests.faults.logs import assert_clean, check_logs
-from tests.faults.processes import replicas
 from tests.faults.traffic import (
     REGISTER,
     SESSION_START,
@@ -34,6 +32,7 @@ from tests.faults.traffic import (
     http_client,
     read_audit,
 )
+from tests.processes import replicas, run_lkps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backends("postgresql")]
 

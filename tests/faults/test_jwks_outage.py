@@ -25,7 +25,6 @@ from lkps_testkit import EntraDouble, ServerThread
 from tests.backends import TestDatabase
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET
 from tests.faults.logs import assert_clean, check_logs
-from tests.faults.processes import Replica, descendants, replicas, serve_environment
 from tests.faults.traffic import (
     REGISTER,
     SESSION_START,
@@ -36,6 +35,7 @@ from tests.faults.traffic import (
     read_audit,
     verify_audit,
 )
+from tests.processes import Replica, descendants, replicas, serve_environment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backends("postgresql")]
 

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.processes import run_lkps
 from tests.conftest import AGENT, LIVEKIT_SECRET
 from tests.faults.conftest import EnvFactory, Identities
 from tests.faults.logs import assert_clean, check_logs
 from tests.faults.postgres import PrivatePostgres
-from tests.faults.processes import replicas
 from tests.faults.traffic import (
     HEARTBEAT,
     REGISTER,
@@ -37,6 +35,7 @@ from tests.faults.traffic import (
     records_nobody_saw,
     verify_audit,
 )
+from tests.processes import replicas, run_lkps
 
 pytestmark = pytest.mark.e2e
 

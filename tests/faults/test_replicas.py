@@ -22,7 +22,6 @@ from lkps.audit import AuditRecord
 from lkps.authorization.file import write_authorization_file
 from lkps_testkit import EntraDouble, ServerThread
 from tests.backends import PostgresServer
-from tests.cli.processes import run_lkps
 from tests.conftest import (
     AGENT,
     AGENT_2,
@@ -33,7 +32,6 @@ from tests.conftest import (
 )
 from tests.faults.conftest import Identities
 from tests.faults.logs import assert_clean, check_logs
-from tests.faults.processes import Replica, replicas, serve_environment
 from tests.faults.traffic import (
     DEREGISTER,
     HEARTBEAT,
@@ -48,6 +46,7 @@ from tests.faults.traffic import (
     records_nobody_saw,
     spread,
 )
+from tests.processes import Replica, replicas, run_lkps, serve_environment
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import httpx
 
 from lkps.audit import AuditLog, AuditRecord, ChainVerification
 from lkps.store import Database
-from tests.faults.processes import Replica
+from tests.processes import Replica
 
 SESSION_START = "/api/session/start"
 TOKEN_ENDPOINT = "/api/session/token"

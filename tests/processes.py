@@ -1,54 +1,112 @@
-"""`lkps serve` replicas as real processes, for the fault tests.
+"""Real processes on 127.0.0.1 for the tests: `lkps` commands, `lkps serve` replicas,
+and (tests/e2e) the example agent.
 
-Builds on tests/cli/processes.py (the interpreter command line, free ports, a clean
-environment, `run_lkps`). A replica here differs from `lkps_process` there in what the
-fault tests need: several at once, each logging to its own file, in a process group of
-its own (so that SIGKILL takes its worker processes with it, as when a container is
-killed), and stopped by the test when and how it chooses.
+`ManagedProcess` is what every long-running one shares: its own log file, its own
+process group (so that SIGKILL takes its children with it, as when a container is
+killed), and a stop the test chooses: SIGTERM once, SIGKILL for the whole group.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import httpx
 
-from tests.cli.processes import LKPS, clean_environment, free_port
-
+LKPS = [sys.executable, "-m", "lkps"]
 READY_TIMEOUT = 60.0  # imports alone take a few seconds on a busy 2-core machine
 STOP_TIMEOUT = 30.0
 
 
-class Replica:
-    """One `lkps serve` (its uvicorn parent and any worker processes)."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
-    def __init__(self, name: str, env: Mapping[str, str], workdir: Path) -> None:
+
+def clean_environment(**variables: str) -> dict[str, str]:
+    """The parent's environment without any LKPS_ variable, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LKPS_")}
+    env.update(variables)
+    return env
+
+
+def run_lkps(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LKPS, *args], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@contextmanager
+def lkps_process(
+    *args: str, env: Mapping[str, str], cwd: Path, health_url: str
+) -> Iterator[subprocess.Popen[str]]:
+    """Start `lkps ARGS`, wait until `health_url` answers, stop it with SIGTERM."""
+    log = (cwd / "lkps-process.log").open("w")
+    process = subprocess.Popen(
+        [*LKPS, *args], env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"lkps exited early:\n{(cwd / 'lkps-process.log').read_text()}")
+            try:
+                if httpx.get(health_url, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("lkps did not become healthy in 30 s")
+            time.sleep(0.1)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def process_output(cwd: Path) -> str:
+    return (cwd / "lkps-process.log").read_text()
+
+
+class ManagedProcess:
+    """One long-running command with its log in `workdir/<name>.log`."""
+
+    def __init__(
+        self, name: str, command: Sequence[str], env: Mapping[str, str], workdir: Path
+    ) -> None:
         self.name = name
-        self.port = int(env["LKPS_PORT"])
+        self.command = list(command)
         self.env = dict(env)
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
         self._log: IO[str] | None = None
+        self._terminated = False
         self.process: subprocess.Popen[str] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Replica:
-        """Start (or, after it died, start again) on the same port and log file."""
+    def start(self) -> ManagedProcess:
+        """Start (or, after it died, start again) with the same log file."""
         if self._log is not None:
             self._log.close()
-        self._log = self.log_path.open("a")  # O_APPEND: workers share it
+        self._log = self.log_path.open("a")  # O_APPEND: child processes share it
+        self._terminated = False
         self.process = subprocess.Popen(
-            [*LKPS, "serve"],
+            self.command,
             env=self.env,
             cwd=self.workdir,
             stdout=self._log,
@@ -60,12 +118,81 @@ class Replica:
 
     @property
     def pid(self) -> int:
-        assert self.process is not None, "start the replica first"
+        assert self.process is not None, f"start {self.name} first"
         return self.process.pid
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def process_ids(self) -> set[int]:
+        """The process and its descendants, now."""
+        if not self.running:
+            return set()
+        return descendants(self.pid)
+
+    def terminate(self) -> None:
+        """SIGTERM to the parent, as a process manager stops a service, and only once:
+        uvicorn and livekit-agents take a second one as "exit at once"."""
+        if self.running and not self._terminated:
+            self._terminated = True
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the group at once (a container killed).
+
+        Safe against pid reuse: the group leader is not reaped until `wait`, so while
+        `poll()` says it runs its group id is still ours."""
+        if self.running:
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, then SIGKILL for the whole group if it does not end in time; the
+        exit status (None if it never started)."""
+        if self.process is None:
+            return None
+        if self.running:
+            self.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.process.returncode
+
+    def log_size(self) -> int:
+        """Where the log ends now: `log_text(since=...)` reads from there."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_text(self, since: int = 0) -> str:
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+
+
+class Replica(ManagedProcess):
+    """One `lkps serve` (its uvicorn parent and any worker processes)."""
+
+    def __init__(self, name: str, env: Mapping[str, str], workdir: Path) -> None:
+        super().__init__(name, [*LKPS, "serve"], env, workdir)
+        self.port = int(env["LKPS_PORT"])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Replica:
+        super().start()
+        return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Until GET /api/health/ready answers 200 (from some worker)."""
@@ -81,56 +208,6 @@ class Replica:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} not ready in {timeout:.0f} s:\n{self.log_text()}")
             time.sleep(0.1)
-
-    def process_ids(self) -> set[int]:
-        """The uvicorn parent and its descendants (the worker processes), now."""
-        if not self.running:
-            return set()
-        return descendants(self.pid)
-
-    def terminate(self) -> None:
-        """SIGTERM to the uvicorn parent, as a process manager stops a service; the
-        parent stops its workers itself."""
-        if self.running:
-            os.kill(self.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL to every process of the replica at once (a container killed).
-
-        Safe against pid reuse: the group leader is not reaped until `wait`, so while
-        `poll()` says it runs its group id is still ours."""
-        if self.running:
-            os.killpg(self.pid, signal.SIGKILL)
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL for the whole group if it does not end in time."""
-        if self.process is None:
-            return
-        if self.running:
-            self.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                self.process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log_size(self) -> int:
-        """Where the log ends now: `log_text(since=...)` reads from there."""
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def log_text(self, since: int = 0) -> str:
-        if not self.log_path.exists():
-            return ""
-        with self.log_path.open("rb") as log:
-            log.seek(since)
-            return log.read().decode(errors="replace")
 
 
 def descendants(root: int) -> set[int]:
