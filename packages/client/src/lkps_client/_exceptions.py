@@ -117,9 +117,9 @@ class PayloadTooLargeError(LkpsError):
     """413: the request body exceeded LKPS's size limit (64 KiB by default)."""
 
 
-class RateLimitedError(LkpsError):
-    """429: this client app, user or agent sent more requests than LKPS's rate limit
-    allows. `retry_after` is the `Retry-After` header in seconds (None when absent)."""
+class _WaitAndRetry(LkpsError):
+    """An answer that says when to try again: `retry_after` is the `Retry-After` header
+    in seconds (None when absent)."""
 
     def __init__(
         self,
@@ -132,6 +132,11 @@ class RateLimitedError(LkpsError):
     ) -> None:
         super().__init__(status_code, code, message, request_id)
         self.retry_after = retry_after
+
+
+class RateLimitedError(_WaitAndRetry):
+    """429: this client app, user or agent sent more requests than LKPS's rate limit
+    allows. A client built with `retries=` waits `retry_after` and tries again."""
 
 
 class ServerError(LkpsError):
@@ -139,22 +144,10 @@ class ServerError(LkpsError):
     design. `request_id` is what the LKPS operators need to find the cause."""
 
 
-class ServiceUnavailableError(ServerError):
+class ServiceUnavailableError(ServerError, _WaitAndRetry):
     """503: a dependency of LKPS (its audit store, the authorization source) is down.
 
     LKPS refuses rather than grants without an audit record. `retry_after` is the
     `Retry-After` header in seconds (None when absent); a client built with `retries=`
     waits that long and tries again on its own.
     """
-
-    def __init__(
-        self,
-        status_code: int | None,
-        code: str,
-        message: str,
-        request_id: str | None,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(status_code, code, message, request_id)
-        self.retry_after = retry_after
