@@ -1,22 +1,40 @@
 """CPU cost of each step of a session start, one at a time, in one process.
 
     python3 -m uv run python bench/micro.py
+    python3 -m uv run python bench/micro.py --ab /tmp/lkps-before/packages/server/src
 
 CPU time (time.process_time) per operation, so the figures hold on a shared machine
-where wall-clock throughput does not; database steps also report wall time per
-operation, done one after another on an idle connection (round trips included).
-Uses its own throwaway PostgreSQL database, like bench/run.py.
+where wall-clock throughput does not; database steps also report the PostgreSQL
+backends' CPU (/proc/<pid>/schedstat of this database's backends) and the wall time
+per operation, done one after another on an idle connection (round trips included).
+Uses its own throwaway PostgreSQL database, like bench/run.py, and a SQLite file.
+
+`--ab DIR` compares two versions of LKPS: it runs this script alternately with the
+`lkps` package found in DIR (put first on PYTHONPATH; e.g. the server sources of an
+earlier commit, from `git archive HEAD packages/server/src | tar -x -C /tmp/lkps-before`)
+and with the installed one, `--rounds` times each, interleaved so that the load of a
+shared machine falls on both alike; it prints each step's median and range. Only
+APIs that both versions have are used (`Database`, `create_engine`, `AgentRegistry`,
+`AuditLog`), so the "LKPS" rows measure whichever code is imported.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -36,7 +54,11 @@ from lkps.sessions.metadata import dispatch_metadata
 from lkps.sessions.room_names import new_room_name
 from lkps.store import Database
 from lkps.store.engine import create_engine
+from lkps.store.migrate import upgrade
 from lkps_testkit import EntraDouble
+
+# (client CPU µs, PostgreSQL backends' CPU µs, wall µs) per operation.
+Figures = tuple[float, float, float]
 
 _TYPES = (
     "bigint", "text", "timestamptz", "text", "text", "integer", "text", "text", "text",
@@ -52,18 +74,45 @@ def cpu_us(operation: Callable[[], Any], repeat: int = 5000) -> float:
     return (time.process_time() - started) / repeat * 1e6
 
 
+class Backends:
+    """CPU time of the PostgreSQL backends serving one database (none for SQLite)."""
+
+    def __init__(self, database: str | None) -> None:
+        self._database = database
+
+    async def seconds(self) -> float:
+        if self._database is None:
+            return 0.0
+        admin = await asyncpg.connect(run.ADMIN_DSN, ssl=False)
+        try:
+            pids = await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1", self._database
+            )
+        finally:
+            await admin.close()
+        return sum(procs.oncpu_seconds(row["pid"]) for row in pids)
+
+
 async def acpu_us(
-    operation: Callable[[], Awaitable[Any]], repeat: int = 2000
-) -> tuple[float, float]:
-    """(CPU µs, wall µs) per awaited operation, sequentially."""
+    operation: Callable[[], Awaitable[Any]], backends: Backends, repeat: int = 2000
+) -> Figures:
+    """(client CPU µs, backend CPU µs, wall µs) per awaited operation, sequentially.
+
+    The backends are those alive after one warm-up operation (a pool keeps its
+    connections), sampled before and after the timed loop."""
     await operation()
+    backend_before = await backends.seconds()
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     for _ in range(repeat):
         await operation()
-    return (
-        (time.process_time() - started_cpu) / repeat * 1e6,
-        (time.perf_counter() - started_wall) / repeat * 1e6,
-    )
+    cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started_wall
+    backend = await backends.seconds() - backend_before
+    return cpu / repeat * 1e6, backend / repeat * 1e6, wall / repeat * 1e6
+
+
+def per_record(figures: Figures, records: int) -> Figures:
+    cpu, backend, wall = figures
+    return cpu / records, backend / records, wall / records
 
 
 def pure_python() -> dict[str, float]:
@@ -138,29 +187,66 @@ def pure_python() -> dict[str, float]:
     }
 
 
-async def database(name: str, agent_id: str) -> dict[str, tuple[float, float]]:
+def audit_entry(clock: SystemClock, agent_id: str) -> AuditEntry:
+    return AuditEntry(
+        event=AuditEvent.SESSION_START,
+        outcome=Outcome.GRANTED,
+        status=200,
+        occurred_at=clock.now(),
+        record_id=str(uuid.uuid4()),
+        reason="bench",
+        actor_cwid="bench.user0001",
+        agent_id=agent_id,
+        room_name="x" * 90,
+        details={"via": "start", "session_id": str(uuid.uuid4()), "metadata_bytes": 40},
+    )
+
+
+async def lkps_steps(db: Database, backends: Backends, label: str) -> dict[str, Figures]:
+    """LKPS's own presence check and audit writer, as the imported `lkps` does them."""
+    clock = SystemClock()
+    agent_id = str(uuid.uuid4())
+    registry = AgentRegistry(db, clock, presence_ttl=3600, default_enforce=True)
+    await registry.register(agent_id, enforce_client_authz=True)
+    results = {
+        f"presence, LKPS ({label})": await acpu_us(lambda: registry.presence(agent_id), backends)
+    }
+    audit = AuditLog(db)
+    await audit.start()
+    results[f"audit, LKPS's writer, batches of 1 ({label})"] = await acpu_us(
+        lambda: audit.append(audit_entry(clock, agent_id)), backends, 1000
+    )
+
+    async def batch_of_32() -> None:
+        await asyncio.gather(*(audit.append(audit_entry(clock, agent_id)) for _ in range(32)))
+
+    results[f"audit, LKPS's writer, per record in batches of 32 ({label})"] = per_record(
+        await acpu_us(batch_of_32, backends, 100), 32
+    )
+    await audit.stop()
+    assert (await audit.verify()).ok
+    return results
+
+
+async def references(name: str, backends: Backends) -> dict[str, Figures]:
+    """Yardsticks that do not depend on LKPS's code: what the same work costs done
+    other ways (no TLS, no pre-ping)."""
     url = run.sqlalchemy_url(name)
     clock = SystemClock()
-    results: dict[str, tuple[float, float]] = {}
-    default = Database(create_engine(url))
-    registry = AgentRegistry(default, clock, presence_ttl=3600, default_enforce=True)
-    await registry.register(agent_id, enforce_client_authz=True)
-    results["presence: LKPS as configured (ORM, pre-ping, TLS)"] = await acpu_us(
-        lambda: registry.presence(agent_id)
-    )
+    agent_id = str(uuid.uuid4())
+    db = Database(create_engine(url))
+    await AgentRegistry(db, clock, presence_ttl=3600, default_enforce=True).register(agent_id)
+    await db.dispose()
+    results: dict[str, Figures] = {}
     plain = Database(
         create_async_engine(url + "?ssl=disable", pool_size=5, max_overflow=0, pool_pre_ping=False)
-    )
-    plain_registry = AgentRegistry(plain, clock, presence_ttl=3600, default_enforce=True)
-    results["presence: no pre-ping, no TLS (ORM)"] = await acpu_us(
-        lambda: plain_registry.presence(agent_id)
     )
 
     async def empty_session() -> None:
         async with plain.session():
             pass
 
-    results["  of which: ORM session + transaction, no statement"] = await acpu_us(empty_session)
+    results["ref: ORM session + transaction, no statement"] = await acpu_us(empty_session, backends)
     from sqlalchemy import and_, bindparam, exists, select
 
     from lkps.store.models import AgentRow, AuthorizationOverrideRow, RegistrationRow
@@ -192,9 +278,22 @@ async def database(name: str, agent_id: str) -> dict[str, tuple[float, float]]:
             )
             result.first()
 
-    results["presence: SQLAlchemy Core, statement built once, no ORM session"] = await acpu_us(
-        core_prebuilt
+    results[
+        "ref: presence, Core statement built once, connect() with BEGIN/ROLLBACK"
+    ] = await acpu_us(core_prebuilt, backends)
+    autocommit = plain.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def core_autocommit() -> None:
+        async with autocommit.connect() as connection:
+            result = await connection.execute(
+                prebuilt, {"agent": agent_id, "now": datetime.now(UTC)}
+            )
+            result.first()
+
+    results["ref: presence, Core statement built once, autocommit"] = await acpu_us(
+        core_autocommit, backends
     )
+    await plain.dispose()
     connection = await asyncpg.connect(
         f"postgresql://{run.PG_USER}:{run.PG_PASSWORD}@{run.PG_HOST}:{run.PG_PORT}/{name}",
         ssl=False,
@@ -205,49 +304,18 @@ async def database(name: str, agent_id: str) -> dict[str, tuple[float, float]]:
         "WHERE a.agent_id = $1 AND EXISTS (SELECT 1 FROM agent_registrations r "
         "WHERE r.agent_id = a.agent_id AND r.ended_at IS NULL AND r.expires_at > $2)"
     )
-    results["presence: one prepared asyncpg statement, autocommit"] = await acpu_us(
-        lambda: statement.fetchrow(agent_id, datetime.now(UTC))
-    )
-    await connection.close()
-    audit = AuditLog(default)
-    await audit.start()
-
-    def entry() -> AuditEntry:
-        return AuditEntry(
-            event=AuditEvent.SESSION_START,
-            outcome=Outcome.GRANTED,
-            status=200,
-            occurred_at=clock.now(),
-            record_id=str(uuid.uuid4()),
-            reason="bench",
-            actor_cwid="bench.user0001",
-            agent_id=agent_id,
-            room_name="x" * 90,
-            details={"via": "start", "session_id": str(uuid.uuid4()), "metadata_bytes": 40},
-        )
-
-    results["audit append, batches of 1 (sequential)"] = await acpu_us(
-        lambda: audit.append(entry()), 1000
-    )
-
-    async def batch_of_32() -> None:
-        await asyncio.gather(*(audit.append(entry()) for _ in range(32)))
-
-    cpu, wall = await acpu_us(batch_of_32, 100)
-    results["audit append, per record in batches of 32"] = (cpu / 32, wall / 32)
-    raw = await asyncpg.connect(
-        f"postgresql://{run.PG_USER}:{run.PG_PASSWORD}@{run.PG_HOST}:{run.PG_PORT}/{name}",
-        ssl=False,
+    results["ref: presence, one prepared asyncpg statement, autocommit"] = await acpu_us(
+        lambda: statement.fetchrow(agent_id, datetime.now(UTC)), backends
     )
     columns = list(large_store.AUDIT_COLUMNS)
     arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-    insert = await raw.prepare(
+    insert = await connection.prepare(
         f"INSERT INTO audit_records ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608 (constant names)
     )
 
     async def raw_batch_of_32() -> None:
-        async with raw.transaction():
-            head = await raw.fetchrow(
+        async with connection.transaction():
+            head = await connection.fetchrow(
                 "UPDATE audit_chain_head SET seq = seq WHERE id = 1 RETURNING seq, hash"
             )
             assert head is not None
@@ -255,7 +323,7 @@ async def database(name: str, agent_id: str) -> dict[str, tuple[float, float]]:
             rows = []
             for _ in range(32):
                 seq += 1
-                item = entry()
+                item = audit_entry(clock, agent_id)
                 row: dict[str, Any] = {
                     **{c: getattr(item, c, None) for c in columns},
                     "event": str(item.event),
@@ -267,19 +335,35 @@ async def database(name: str, agent_id: str) -> dict[str, tuple[float, float]]:
                 row["hash"] = previous = record_hash(row)
                 rows.append(row)
             await insert.fetch(*([row[c] for row in rows] for c in columns))
-            await raw.execute(
+            await connection.execute(
                 "UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, previous
             )
 
-    cpu, wall = await acpu_us(raw_batch_of_32, 100)
-    results["audit: per record, batches of 32, asyncpg + one INSERT ... unnest"] = (
-        cpu / 32,
-        wall / 32,
+    results["ref: audit, per record, batches of 32, asyncpg + one INSERT ... unnest"] = per_record(
+        await acpu_us(raw_batch_of_32, backends, 100), 32
     )
-    await raw.close()
-    await audit.stop()
-    await default.dispose()
-    await plain.dispose()
+    await connection.close()
+    return results
+
+
+async def database(name: str) -> dict[str, Figures]:
+    url = run.sqlalchemy_url(name)
+    backends = Backends(name)
+    results: dict[str, Figures] = {}
+    for label, db_url in (
+        ("PostgreSQL, TLS", url),
+        ("PostgreSQL, ssl=disable", url + "?ssl=disable"),
+    ):
+        db = Database(create_engine(db_url))
+        results |= await lkps_steps(db, backends, label)
+        await db.dispose()
+    results |= await references(name, backends)
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite_url = f"sqlite+aiosqlite:///{folder}/lkps.db"
+        await asyncio.to_thread(upgrade, sqlite_url)
+        db = Database(create_engine(sqlite_url))
+        results |= await lkps_steps(db, Backends(None), "SQLite")
+        await db.dispose()
     return results
 
 
@@ -308,20 +392,101 @@ async def connections(name: str) -> dict[str, tuple[float, float, float]]:
     return figures
 
 
-def main() -> None:
-    print("pure Python steps, CPU µs per operation:")
-    for name, value in pure_python().items():
-        print(f"  {value:8.1f}  {name}")
+@contextmanager
+def machine_load() -> Iterator[dict[str, float]]:
+    """Cores used by everything but this process over the block (the PostgreSQL
+    backends it drives included), and the load average at its end."""
+    figures: dict[str, float] = {}
+    busy, _ = procs.system_busy_seconds()
+    cpu, wall = time.process_time(), time.perf_counter()
+    yield figures
+    elapsed = time.perf_counter() - wall
+    others = procs.system_busy_seconds()[0] - busy - (time.process_time() - cpu)
+    figures["cores busy outside this process"] = round(others / elapsed, 2)
+    figures["load average (1 min)"] = os.getloadavg()[0]
+
+
+def measure(*, churn: bool) -> dict[str, Any]:
+    steps = {name: (value, 0.0, 0.0) for name, value in pure_python().items()}
     run.ensure_postgres()
-    with run.bench_database() as name:
-        figures = asyncio.run(database(name, str(uuid.uuid4())))
-        churn = asyncio.run(connections(name))
-    print("database steps, CPU µs / wall µs per operation (sequential, idle server):")
-    for name, (cpu, wall) in figures.items():
-        print(f"  {cpu:8.1f} / {wall:8.1f}  {name}")
-    print("new PostgreSQL connections, client CPU µs / backend CPU µs / wall µs each:")
-    for name, (client, backend, wall) in churn.items():
-        print(f"  {client:8.1f} / {backend:8.1f} / {wall:8.1f}  {name}")
+    with machine_load() as load, run.bench_database() as name:
+        steps |= asyncio.run(database(name))
+        connection_figures = asyncio.run(connections(name)) if churn else {}
+    return {"steps": steps, "connections": connection_figures, "load": load}
+
+
+def print_figures(figures: dict[str, Any]) -> None:
+    print("CPU µs per operation: this process / PostgreSQL backends / wall µs")
+    for name, (cpu, backend, wall) in figures["steps"].items():
+        if wall:
+            print(f"  {cpu:8.1f} / {backend:7.1f} / {wall:8.1f}  {name}")
+        else:
+            print(f"  {cpu:8.1f}                     {name}")
+    if figures["connections"]:
+        print("new PostgreSQL connections, client CPU µs / backend CPU µs / wall µs each:")
+        for name, (client, backend, wall) in figures["connections"].items():
+            print(f"  {client:8.1f} / {backend:8.1f} / {wall:8.1f}  {name}")
+    print("machine while measuring:", figures["load"])
+
+
+def ab(before_src: Path, rounds: int) -> None:
+    """Interleaved runs of this script with the `lkps` in `before_src`, then the installed
+    one (alternating which goes first); each step's median and range."""
+    if not (before_src / "lkps" / "__init__.py").is_file():
+        raise SystemExit(f"{before_src} holds no lkps package")
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for index in range(rounds):
+        order = ("before", "after") if index % 2 == 0 else ("after", "before")
+        for variant in order:
+            env = dict(os.environ)
+            if variant == "before":
+                env["PYTHONPATH"] = os.pathsep.join(
+                    filter(None, (str(before_src), env.get("PYTHONPATH")))
+                )
+            output = subprocess.run(  # noqa: S603 (this script, this interpreter)
+                [sys.executable, __file__, "--json", "--no-connections"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            ).stdout
+            figures = json.loads(output.strip().splitlines()[-1])
+            runs[variant].append(figures)
+            print(f"round {index + 1} {variant}: machine {figures['load']}", flush=True)
+
+    def summary(variant: str, step: str, column: int) -> tuple[float, float, float]:
+        values = [run["steps"][step][column] for run in runs[variant] if step in run["steps"]]
+        return statistics.median(values), min(values), max(values)
+
+    print(f"\nmedian (min-max) of {rounds} interleaved runs each")
+    print("CPU µs per operation, this process: before -> after; PostgreSQL backends' CPU µs")
+    for step in runs["after"][0]["steps"]:
+        cpu_b, cpu_a = summary("before", step, 0), summary("after", step, 0)
+        pg_b, pg_a = summary("before", step, 1), summary("after", step, 1)
+        change = (cpu_a[0] / cpu_b[0] - 1) * 100 if cpu_b[0] else 0.0
+        print(
+            f"  {cpu_b[0]:7.1f} ({cpu_b[1]:.0f}-{cpu_b[2]:.0f}) -> {cpu_a[0]:7.1f} "
+            f"({cpu_a[1]:.0f}-{cpu_a[2]:.0f}) {change:+5.0f}%  | pg {pg_b[0]:6.1f} -> "
+            f"{pg_a[0]:6.1f}  {step}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="one JSON line, for --ab")
+    parser.add_argument("--no-connections", action="store_true", help="skip connection churn")
+    parser.add_argument("--ab", type=Path, metavar="DIR", help="compare with the lkps in DIR")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each version, for --ab")
+    args = parser.parse_args()
+    if args.ab:
+        ab(args.ab, args.rounds)
+        return
+    figures = measure(churn=not args.no_connections)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print_figures(figures)
 
 
 if __name__ == "__main__":

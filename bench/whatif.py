@@ -8,8 +8,10 @@ Changes (comma-separated in BENCH_WHATIF):
 
 - `pool`: a fixed pool without pre-ping (`pool_size` = BENCH_POOL_SIZE, default 20,
   `max_overflow=0`, `pool_pre_ping=False`). Before e75b28e LKPS had 10 + 20 overflow
-  connections, which opened and closed connections under load; since then it has a
-  fixed pool of 20, still with pre-ping (a round trip on every checkout).
+  connections, which opened and closed connections under load; from then until the
+  hot-path changes it had a fixed pool of 20, still with pre-ping (three round trips
+  with asyncpg on every checkout). LKPS itself now has no pre-ping either; there this
+  what-if only changes the pool size and leaves out LKPS's free checkout check.
 - `presence-cache`: remember each agent's presence for BENCH_PRESENCE_CACHE_SECONDS
   (default 1.0) per process: one query per agent per second instead of one per request.
   (Semantics: a deregistration is seen up to that long later.)

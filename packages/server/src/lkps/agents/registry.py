@@ -129,8 +129,12 @@ class AgentRegistry:
             )
 
     async def presence(self, agent_id: str) -> AgentPresence | None:
-        async with self._db.session() as session:
-            facts = await queries.present_agent(session, agent_id, self._clock.now())
+        """Asked of the store on every call, never cached: a deregistration or an
+        override committed by any replica counts from the next session start on."""
+        now = self._clock.now()
+        facts = await self._db.read(
+            lambda connection: queries.present_agent(connection, agent_id, now)
+        )
         if facts is None:
             return None
         return AgentPresence(

@@ -13,8 +13,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lkps.audit.chain import ChainVerification, canonical_json, record_hash, verify_chain
 from lkps.audit.records import AuditEntry, AuditRecord
@@ -27,6 +29,8 @@ from lkps.store.engine import UNAVAILABLE_MESSAGE
 log = logging.getLogger(__name__)
 
 _Pending = tuple[AuditEntry, "asyncio.Future[AuditRecord]"]
+
+_ENTRY_FIELDS = tuple(field.name for field in fields(AuditEntry))
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -102,22 +106,7 @@ class AuditLog:
                 future.set_result(record)
 
     async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
-        async with self._db.session() as session:
-            seq, previous = await queries.lock_chain_head(session)
-            rows: list[dict[str, Any]] = []
-            for entry in entries:
-                seq += 1
-                row = asdict(entry)
-                row["event"] = str(entry.event)
-                row["outcome"] = str(entry.outcome)
-                row["details"] = canonical_json(entry.details) if entry.details else None
-                row["seq"] = seq
-                row["prev_hash"] = previous
-                row["hash"] = previous = record_hash(row)
-                rows.append(row)
-            await queries.insert_records(session, rows)
-            await queries.advance_chain_head(session, seq, previous)
-        return [AuditRecord(**row) for row in rows]
+        return await self._db.transaction(lambda connection: _chain(connection, entries))
 
     # Reading, for operators.
 
@@ -148,3 +137,25 @@ class AuditLog:
             head_seq, head_hash = await queries.read_chain_head(session)
         # Records appended while we read lie beyond the head we saw; leave them out.
         return await verify_chain(self.records(up_to=head_seq), head_seq, head_hash)
+
+
+async def _chain(connection: AsyncConnection, entries: list[AuditEntry]) -> list[AuditRecord]:
+    """Lock the chain head, chain `entries` after it, store them and move the head, in
+    the caller's transaction. Sequence numbers and hashes are computed here, under the
+    lock, so a retry on a fresh connection chains from the head as it is then."""
+    seq, previous = await queries.lock_chain_head(connection)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        seq += 1
+        # A shallow copy: `dataclasses.asdict` deep-copies, which cost more than the
+        # insert itself, and the one mutable field (`details`) is replaced just below.
+        row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
+        row["event"] = str(entry.event)
+        row["outcome"] = str(entry.outcome)
+        row["details"] = canonical_json(entry.details) if entry.details else None
+        row["seq"] = seq
+        row["prev_hash"] = previous
+        row["hash"] = previous = record_hash(row)
+        rows.append(row)
+    await queries.append_records(connection, rows, seq, previous)
+    return [AuditRecord(**row) for row in rows]

@@ -7,32 +7,89 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Insert, Update, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.expression import ColumnClause
+from sqlalchemy.types import TypeEngine
 
 from lkps.audit.records import AuditRecord
 from lkps.store.models import AuditChainHead, AuditRecordRow
+from lkps.store.types import PortableString
 
 _HEAD_ID = 1
 _COLUMNS = [column.key for column in AuditRecordRow.__table__.columns]
 
+# The writer's statements, built once (they run for every batch). The chain head is locked
+# with a no-op UPDATE rather than `SELECT ... FOR UPDATE`: it takes the row lock on
+# PostgreSQL and, being the transaction's first statement, SQLite's write lock, so a
+# SQLite writer never has to upgrade a read snapshot (which fails instead of waiting).
+_LOCK_HEAD = (
+    update(AuditChainHead)
+    .where(AuditChainHead.id == _HEAD_ID)
+    .values(seq=AuditChainHead.seq)
+    .returning(AuditChainHead.seq, AuditChainHead.hash)
+)
+_MOVE_HEAD = (
+    update(AuditChainHead)
+    .where(AuditChainHead.id == _HEAD_ID)
+    .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+)
+_INSERT = insert(AuditRecordRow)
 
-async def lock_chain_head(session: AsyncSession) -> tuple[int, str]:
-    """The chain head, locked until the transaction ends.
 
-    A no-op UPDATE rather than `SELECT ... FOR UPDATE`: it takes the row lock on
-    PostgreSQL and, being the transaction's first statement, SQLite's write lock, so a
-    SQLite writer never has to upgrade a read snapshot (which fails instead of waiting).
+def _array_of(type_: TypeEngine[Any]) -> ARRAY[Any]:
+    """A one-dimensional array of the column's type, without its length.
+
+    The length goes because PostgreSQL truncates a value cast to `varchar(n)[]` in
+    silence, but refuses an over-long one on insert into the column: this keeps that
+    refusal (a 503) instead of a stored value that no longer matches its hash.
     """
-    row = (
-        await session.execute(
-            update(AuditChainHead)
-            .where(AuditChainHead.id == _HEAD_ID)
-            .values(seq=AuditChainHead.seq)
-            .returning(AuditChainHead.seq, AuditChainHead.hash)
-        )
-    ).one()
+    item = PortableString() if isinstance(type_, PortableString) else type_
+    return ARRAY(item, dimensions=1)
+
+
+def _append_unnested() -> Update:
+    """PostgreSQL: a whole batch in one statement and one round trip, whatever its size.
+
+    Each column travels as one array parameter (its elements converted by the column's
+    own type, exactly as a single-row insert would), `unnest` turns the arrays back into
+    rows, and the head moves in the same statement (a data-modifying CTE always runs to
+    completion). One cached statement serves every batch size, where a multi-row VALUES
+    would be compiled anew for each.
+    """
+    columns = list(AuditRecordRow.__table__.columns)
+    rows = (
+        func.unnest(*(bindparam(c.key, type_=_array_of(c.type)) for c in columns))
+        .table_valued(*(ColumnClause(c.key, c.type) for c in columns))
+        .render_derived()
+    )
+    inserted: Insert = insert(AuditRecordRow).from_select(_COLUMNS, select(*rows.c))
+    return _MOVE_HEAD.add_cte(inserted.cte("inserted"))
+
+
+_APPEND_UNNESTED = _append_unnested()
+
+
+async def lock_chain_head(connection: AsyncConnection) -> tuple[int, str]:
+    """The chain head (sequence number and hash), locked until the transaction ends."""
+    row = (await connection.execute(_LOCK_HEAD)).one()
     return int(row.seq), str(row.hash)
+
+
+async def append_records(
+    connection: AsyncConnection, rows: Sequence[dict[str, Any]], seq: int, hash_: str
+) -> None:
+    """Insert chained `rows` and move the locked head to (`seq`, `hash_`), the last of them."""
+    head = {"head_seq": seq, "head_hash": hash_}
+    if connection.dialect.name == "postgresql":
+        arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
+        await connection.execute(_APPEND_UNNESTED, arrays | head)
+        return
+    # SQLite has neither arrays nor data-modifying CTEs; it runs in-process, so the
+    # driver's executemany (one call for the batch) costs no round trips either.
+    await connection.execute(_INSERT, list(rows))
+    await connection.execute(_MOVE_HEAD, head)
 
 
 async def read_chain_head(session: AsyncSession) -> tuple[int, str]:
@@ -42,16 +99,6 @@ async def read_chain_head(session: AsyncSession) -> tuple[int, str]:
         )
     ).one()
     return int(row.seq), str(row.hash)
-
-
-async def insert_records(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    await session.execute(insert(AuditRecordRow), list(rows))
-
-
-async def advance_chain_head(session: AsyncSession, seq: int, hash_: str) -> None:
-    await session.execute(
-        update(AuditChainHead).where(AuditChainHead.id == _HEAD_ID).values(seq=seq, hash=hash_)
-    )
 
 
 async def records_after(

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, and_, bindparam, case, exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lkps.store.models import AgentRow, AuthorizationOverrideRow, RegistrationRow
 from lkps.store.overrides import decode_clients
@@ -22,7 +22,7 @@ class AgentFacts:
     additional_clients: tuple[str, ...]
 
 
-def _live(now: datetime) -> list[ColumnElement[bool]]:
+def _live(now: datetime | ColumnElement[datetime]) -> list[ColumnElement[bool]]:
     return [RegistrationRow.ended_at.is_(None), RegistrationRow.expires_at > now]
 
 
@@ -141,25 +141,36 @@ async def end_registrations(
     return [row.registration_id for row in result]
 
 
-async def present_agent(session: AsyncSession, agent_id: str, now: datetime) -> AgentFacts | None:
+# Built once, with bound parameters: this runs on every session start, and a statement
+# built per call pays for its construction and its cache key (the EXISTS subquery
+# included) on every call. The cache key is memoized on this object, so each execution
+# goes straight to the compiled form in the engine's cache.
+_PRESENT_AGENT = (
+    select(
+        AgentRow.enforce_client_authz,
+        AgentRow.version,
+        AuthorizationOverrideRow.enforce_client_authz,
+        AuthorizationOverrideRow.additional_clients,
+    )
+    .outerjoin(AuthorizationOverrideRow, AuthorizationOverrideRow.agent_id == AgentRow.agent_id)
+    .where(
+        AgentRow.agent_id == bindparam("agent_id"),
+        exists().where(
+            RegistrationRow.agent_id == AgentRow.agent_id,
+            *_live(bindparam("now")),
+        ),
+    )
+)
+
+
+async def present_agent(
+    connection: AsyncConnection, agent_id: str, now: datetime
+) -> AgentFacts | None:
     """The agent, with any operator override, if at least one registration is live.
 
-    One query: this runs on every session start."""
-    live_registration = exists().where(RegistrationRow.agent_id == AgentRow.agent_id, *_live(now))
-    row = (
-        await session.execute(
-            select(
-                AgentRow.enforce_client_authz,
-                AgentRow.version,
-                AuthorizationOverrideRow.enforce_client_authz,
-                AuthorizationOverrideRow.additional_clients,
-            )
-            .outerjoin(
-                AuthorizationOverrideRow, AuthorizationOverrideRow.agent_id == AgentRow.agent_id
-            )
-            .where(and_(AgentRow.agent_id == agent_id, live_registration))
-        )
-    ).first()
+    One statement, read-only: this runs on every session start."""
+    result = await connection.execute(_PRESENT_AGENT, {"agent_id": agent_id, "now": now})
+    row = result.first()
     if row is None:
         return None
     return AgentFacts(bool(row[0]), row[1], row[2], decode_clients(row[3]))

@@ -1,0 +1,157 @@
+"""The audit writer against a real store: several writers (replicas, processes) append to
+one chain, each batch in one statement, and the chain stays whole.
+
+Each writer locks the chain head for its batch, so batches never interleave: sequence
+numbers stay consecutive and every record links to the one before it, whoever wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+
+import pytest
+
+from lkps.audit import AuditEntry, AuditEvent, AuditLog, AuditRecord, AuditUnavailable, Outcome
+from lkps.store import Database
+from tests.backends import StoreSql, TestDatabase
+from tests.unit.store.postgres_restart import terminate_backends
+
+pytestmark = pytest.mark.e2e
+
+
+def entry(**fields: object) -> AuditEntry:
+    values: dict[str, object] = {
+        "event": AuditEvent.SESSION_START,
+        "outcome": Outcome.GRANTED,
+        "status": 200,
+        "occurred_at": datetime.now(UTC),
+        "record_id": str(uuid.uuid4()),
+        "reason": "client pre-authorized (file)",
+        "actor_cwid": "alice",
+        "room_name": f"alice-{uuid.uuid4()}",
+        "details": {"via": "start", "n": 1},
+    }
+    return AuditEntry(**(values | fields))  # type: ignore[arg-type]
+
+
+async def append_all(db: Database, count: int, *, at_once: int = 8) -> list[AuditRecord]:
+    """`count` records through one writer, `at_once` requests waiting at a time."""
+    audit = AuditLog(db)
+    await audit.start()
+    records: list[AuditRecord] = []
+    try:
+        for start in range(0, count, at_once):
+            group = range(start, min(count, start + at_once))
+            records += await asyncio.gather(*(audit.append(entry()) for _ in group))
+    finally:
+        await audit.stop()
+    return records
+
+
+def append_in_another_process(url: str, count: int) -> list[str]:
+    async def run() -> list[str]:
+        db = Database.from_url(url, pool_size=2)
+        try:
+            return [record.record_id for record in await append_all(db, count)]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+async def stored(db: Database) -> list[AuditRecord]:
+    return [record async for record in AuditLog(db).records()]
+
+
+@pytest.fixture
+async def db(database: TestDatabase) -> AsyncIterator[Database]:
+    db = Database.from_url(database.url, pool_size=4)
+    yield db
+    await db.dispose()
+
+
+async def assert_one_chain(db: Database, record_ids: set[str]) -> None:
+    verification = await AuditLog(db).verify()
+    assert verification.ok, verification.describe()
+    records = await stored(db)
+    assert [r.seq for r in records] == list(range(1, len(record_ids) + 1))
+    assert {r.record_id for r in records} == record_ids
+
+
+async def test_writers_of_several_replicas_keep_one_chain(
+    db: Database, database: TestDatabase
+) -> None:
+    replicas = [Database.from_url(database.url, pool_size=2) for _ in range(4)]
+    try:
+        written = await asyncio.gather(*(append_all(replica, 50) for replica in replicas))
+    finally:
+        for replica in replicas:
+            await replica.dispose()
+    ids = {record.record_id for records in written for record in records}
+    assert len(ids) == 200
+    await assert_one_chain(db, ids)
+
+
+async def test_writers_in_several_processes_keep_one_chain(
+    db: Database, database: TestDatabase
+) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        futures = [
+            asyncio.wrap_future(pool.submit(append_in_another_process, database.url, 30))
+            for _ in range(2)
+        ]
+        local = await append_all(db, 30)
+        remote = await asyncio.gather(*futures)
+    ids = {record.record_id for record in local} | {i for ids in remote for i in ids}
+    assert len(ids) == 90
+    await assert_one_chain(db, ids)
+
+
+async def test_a_batch_stores_exactly_what_was_hashed(db: Database) -> None:
+    """Every column through the batch statement, NUL and the store's escape included."""
+    awkward = "x\x00y\ue000e\ue0000"
+    audit = AuditLog(db)
+    await audit.start()
+    try:
+        returned = await asyncio.gather(
+            audit.append(entry(reason=awkward, details={awkward: awkward})),
+            audit.append(entry(reason=None, actor_cwid=None, room_name=None, details={})),
+            *(audit.append(entry(client_ip="203.0.113.7", request_id=f"r{i}")) for i in range(6)),
+        )
+    finally:
+        await audit.stop()
+    assert await stored(db) == sorted(returned, key=lambda record: record.seq)
+    assert (await audit.verify()).ok
+
+
+@pytest.mark.backends("postgresql")
+async def test_an_over_long_value_is_refused_not_cut_short(
+    db: Database, store_sql: StoreSql
+) -> None:
+    """PostgreSQL would silently cut a value cast to varchar(n); the column refuses it."""
+    audit = AuditLog(db)
+    await audit.start()
+    try:
+        with pytest.raises(AuditUnavailable):
+            await audit.append(entry(room_name="r" * 513))
+        await audit.append(entry())
+    finally:
+        await audit.stop()
+    assert await store_sql.scalar("SELECT count(*) FROM audit_records") == 1
+    assert (await audit.verify()).ok
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_batch_that_met_a_dead_connection_is_written_once(
+    db: Database, database: TestDatabase
+) -> None:
+    first = await append_all(db, 8)
+    assert terminate_backends(database) >= 1
+    second = await append_all(db, 8)
+    await assert_one_chain(db, {record.record_id for record in first + second})

@@ -1,0 +1,136 @@
+"""PostgreSQL going away under a running pool (a restart, a failover, an operator's
+`pg_terminate_backend`): with no pre-ping, the pool must still heal by itself.
+
+Two ways a pooled connection can be dead when LKPS next uses it:
+
+- the server closed it while it sat idle and asyncpg has read that: the pool replaces
+  it on checkout, at no cost to the request;
+- the server closed it but the event loop has not run since, so nobody knows yet: the
+  statement fails, SQLAlchemy invalidates the pool, and `Database.read()` and
+  `Database.transaction()` run their work once more on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lkps.store import Database, StoreUnavailable
+from tests.backends import StoreSql, TestDatabase
+from tests.unit.store.postgres_restart import terminate_backends
+
+pytestmark = [pytest.mark.e2e, pytest.mark.backends("postgresql")]
+
+RETRIED = "pooled connection was dead"
+
+
+async def backend_pid(connection: AsyncConnection) -> int:
+    return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+@pytest.fixture
+async def db(database: TestDatabase) -> AsyncIterator[Database]:
+    db = Database.from_url(database.url, pool_size=4)
+    yield db
+    await db.dispose()
+
+
+async def fill_pool(db: Database, connections: int) -> set[int]:
+    """Make the pool hold `connections` live connections; their backends' pids."""
+    started = asyncio.Event()
+
+    async def hold(connection: AsyncConnection) -> int:
+        pid = await backend_pid(connection)
+        await started.wait()
+        return pid
+
+    tasks = [asyncio.create_task(db.read(hold)) for _ in range(connections)]
+    await asyncio.sleep(0.2)
+    started.set()
+    return set(await asyncio.gather(*tasks))
+
+
+async def test_connections_closed_while_idle_are_replaced_on_checkout(
+    db: Database, database: TestDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = await fill_pool(db, 4)
+    assert len(before) == 4
+    assert terminate_backends(database) >= 4
+    await asyncio.sleep(0.05)  # asyncpg reads each connection's end
+    with caplog.at_level(logging.INFO, logger="lkps.store.engine"):
+        after = await fill_pool(db, 4)
+    assert not after & before
+    assert RETRIED not in caplog.text
+
+
+async def test_a_read_on_a_connection_nobody_knows_is_dead_is_retried(
+    db: Database, database: TestDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = await fill_pool(db, 3)
+    assert terminate_backends(database) >= 3
+    with caplog.at_level(logging.INFO, logger="lkps.store.engine"):
+        pid = await db.read(backend_pid)
+    assert pid not in before
+    assert RETRIED in caplog.text
+    # The failure invalidated the whole pool: the other dead connections are replaced on
+    # checkout, without a failure or a retry of their own.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lkps.store.engine"):
+        assert not await fill_pool(db, 3) & before
+    assert RETRIED not in caplog.text
+
+
+async def test_a_transaction_that_failed_on_a_dead_connection_is_retried_once(
+    db: Database, database: TestDatabase, store_sql: StoreSql
+) -> None:
+    await store_sql.execute("CREATE TABLE probe (n integer)")
+    await fill_pool(db, 2)
+    terminate_backends(database)
+    attempts = 0
+
+    async def insert(connection: AsyncConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        await connection.execute(text("INSERT INTO probe VALUES (1)"))
+        await connection.execute(text("INSERT INTO probe VALUES (2)"))
+
+    await db.transaction(insert)
+    assert attempts == 2
+    assert await store_sql.scalar("SELECT count(*) FROM probe") == 2
+
+
+async def test_an_unreachable_server_is_a_store_failure(database: TestDatabase) -> None:
+    url = make_url(database.url).set(port=1).render_as_string(False)
+    db = Database.from_url(url, timeout=2)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await db.read(backend_pid)
+        with pytest.raises(StoreUnavailable):
+            await db.transaction(backend_pid)
+    finally:
+        await db.dispose()
+
+
+async def test_a_connection_whose_statement_timed_out_is_not_reused(
+    database: TestDatabase,
+) -> None:
+    """What a server gone silent looks like from LKPS: a statement that never answers.
+    SQLAlchemy drops such a connection (a pre-ping used to catch it on checkout)."""
+    db = Database.from_url(database.url, timeout=0.5, pool_size=1)
+    try:
+        first = await db.read(backend_pid)
+
+        async def stuck(connection: AsyncConnection) -> None:
+            await connection.execute(text("SELECT pg_sleep(3)"))
+
+        with pytest.raises(StoreUnavailable):
+            await db.read(stuck)
+        assert await db.read(backend_pid) != first
+    finally:
+        await db.dispose()
