@@ -77,6 +77,8 @@ async def test_agent_role_is_required_when_configured(
         {"metadata": "not an object"},
         {"metadata": {f"k{i}": i for i in range(51)}},
         {"registration_id": "not-a-uuid"},
+        {"worker_connected": "yes"},
+        {"worker_connected": 1},
     ],
 )
 async def test_bad_registration_body_is_400(lkps: Lkps, body: dict[str, Any]) -> None:
@@ -144,6 +146,51 @@ async def test_renewing_an_expired_registration_starts_a_new_one(
     clock.advance(91)
     second = (await lkps.register(registration_id=first)).json()["registration_id"]
     assert second != first
+
+
+async def test_a_worker_not_yet_connected_to_livekit_is_not_present(lkps: Lkps) -> None:
+    # The SDK registers before its worker reaches LiveKit: a session started then would
+    # be dispatched to nobody, and LiveKit drops such a job silently.
+    registered = await lkps.register(enforce_client_authz=False, worker_connected=False)
+    assert registered.status_code == 200
+    registration = registered.json()["registration_id"]
+    assert (await lkps.start_session()).status_code == 404
+    # Still a live registration: heartbeats are answered.
+    beat = await lkps.heartbeat(registration_id=registration)
+    assert beat.status_code == 200
+    assert (await lkps.start_session()).status_code == 404  # omitted: unchanged
+    await lkps.heartbeat(registration_id=registration, worker_connected=True)
+    assert (await lkps.start_session()).status_code == 200
+    # The worker lost LiveKit: no more sessions until it is back.
+    await lkps.heartbeat(registration_id=registration, worker_connected=False)
+    assert (await lkps.start_session()).status_code == 404
+    # A renewal keeps the state unless it says otherwise.
+    await lkps.register(registration_id=registration, enforce_client_authz=False)
+    assert (await lkps.start_session()).status_code == 404
+    await lkps.register(
+        registration_id=registration, enforce_client_authz=False, worker_connected=True
+    )
+    assert (await lkps.start_session()).status_code == 200
+    record = (await lkps.audit_records())[-2]
+    assert record.event == "agent.renew"
+    assert record.as_json()["details"]["worker_connected"] is True
+
+
+async def test_one_connected_worker_is_enough(lkps: Lkps) -> None:
+    await lkps.register(enforce_client_authz=False, worker_connected=False)
+    assert (await lkps.start_session()).status_code == 404
+    await lkps.register(enforce_client_authz=False)  # a worker that never says: connected
+    assert (await lkps.start_session()).status_code == 200
+    agents = await lkps.http.get(
+        "/api/agents",
+        headers={"Authorization": f"Bearer {lkps.user_token('ops.admin', roles=['LKPS.Admin'])}"},
+    )
+    [agent] = agents.json()["agents"]
+    assert (agent["present"], agent["active_registrations"], agent["connected_registrations"]) == (
+        True,
+        2,
+        1,
+    )
 
 
 async def test_graceful_deregistration_gives_404_at_once(lkps: Lkps) -> None:

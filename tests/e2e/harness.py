@@ -74,8 +74,7 @@ def lkps_replica(
         livekit_key=livekit.api_key,
         livekit_secret=livekit.api_secret,
         authz_file=authz_file,
-        LKPS_LIVEKIT_URL=livekit.url,
-        **settings,
+        **({"LKPS_LIVEKIT_URL": livekit.url} | settings),
     )
     return Replica(name, env, workdir)
 

@@ -25,6 +25,7 @@ from tests.e2e.harness import (
     user_token,
     wait_for,
 )
+from tests.processes import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backends("sqlite")]
 
@@ -85,6 +86,44 @@ def test_a_session_reaches_the_agents_entrypoint(make_stack: StackFactory) -> No
     assert (room.max_participants, room.departure_timeout) == (2, 30)
     assert stack.livekit.dropped_dispatches == []
     assert_logs_hold_no_secret(stack, agent)
+
+
+def test_the_agent_is_present_only_while_livekit_can_dispatch_to_it(
+    make_stack: StackFactory,
+) -> None:
+    # LiveKit is not there yet: the agent registers with LKPS, its worker cannot connect.
+    port = free_port()
+    stack = make_stack(LKPS_LIVEKIT_URL=f"ws://127.0.0.1:{port}")
+    agent = stack.start_agent()
+    wait_for(
+        lambda: agent.log_count('"registered with LKPS"'),
+        timeout=60,
+        what="the agent registering with LKPS",
+    )
+    wait_for(
+        lambda: agent.log_count("failed to connect to livekit"),
+        timeout=30,
+        what="the worker failing to reach LiveKit",
+    )
+    # A session now would be dispatched to nobody (LiveKit drops such jobs silently):
+    # LKPS says the agent is not connected instead.
+    assert session_status(stack.lkps_url, stack.entra) == 404
+
+    with LiveKitDouble(api_key=LIVEKIT_KEY, api_secret=LIVEKIT_SECRET, port=port) as livekit:
+        session = session_when_present(stack.lkps_url, stack.entra, {"late": True}, timeout=60)
+        assert livekit.workers(AGENT)
+        livekit.join(session.participant_token)
+        livekit.wait_for_job(AGENT, room=session.room_name)
+        assert livekit.dropped_dispatches == []
+
+        # LiveKit goes away again: within moments LKPS stops sending sessions.
+        livekit.close_workers(AGENT)
+    wait_for(
+        lambda: session_status(stack.lkps_url, stack.entra) == 404,
+        timeout=15,
+        what="404 once the worker lost LiveKit",
+    )
+    assert agent.log_count('"worker lost its LiveKit connection"') >= 1
 
 
 def test_the_worker_reconnects_with_a_renewed_token(make_stack: StackFactory) -> None:

@@ -96,6 +96,8 @@ class AgentInfo:
     last_registered_at: datetime
     last_heartbeat_at: datetime | None
     active_registrations: int
+    # Live registrations whose worker is connected to LiveKit (None from an older LKPS).
+    connected_registrations: int | None
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ def parse_agent(value: Any) -> AgentInfo:
         last_registered_at=_datetime(document, "last_registered_at"),
         last_heartbeat_at=_opt_datetime(document, "last_heartbeat_at"),
         active_registrations=_int(document, "active_registrations"),
+        connected_registrations=_opt_int(document, "connected_registrations"),
     )
 
 

@@ -1,5 +1,6 @@
 """Each running worker process of an agent holds its own registration; the agent is
-present while any of them registered or sent a heartbeat within the presence TTL."""
+present while any of them registered or sent a heartbeat within the presence TTL, and
+said (or never said otherwise) that its worker is connected to LiveKit."""
 
 from __future__ import annotations
 
@@ -62,8 +63,13 @@ class AgentRegistry:
         enforce_client_authz: bool | None = None,
         version: str | None = None,
         metadata: dict[str, Any] | None = None,
+        worker_connected: bool | None = None,
     ) -> Registration:
-        """Register a worker, or renew its live registration when it names one."""
+        """Register a worker, or renew its live registration when it names one.
+
+        `worker_connected=False` registers without becoming present (the worker still has
+        to connect to LiveKit with the token this returns); None leaves a renewed
+        registration as it was and makes a new one present at once."""
         now = self._clock.now()
         expires_at = now + self._ttl
         enforce = self._default_enforce if enforce_client_authz is None else enforce_client_authz
@@ -83,6 +89,7 @@ class AgentRegistry:
                 version=version,
                 now=now,
                 expires_at=expires_at,
+                worker_connected=worker_connected,
             )
             if not renewed:
                 registration_id = str(uuid.uuid4())
@@ -93,11 +100,14 @@ class AgentRegistry:
                     version=version,
                     now=now,
                     expires_at=expires_at,
+                    worker_connected=worker_connected is not False,
                 )
         assert registration_id is not None
         return Registration(registration_id, agent_id, renewed, enforce, expires_at)
 
-    async def heartbeat(self, agent_id: str, registration_id: str | None) -> datetime:
+    async def heartbeat(
+        self, agent_id: str, registration_id: str | None, *, worker_connected: bool | None = None
+    ) -> datetime:
         now = self._clock.now()
         expires_at = now + self._ttl
         async with self._db.session() as session:
@@ -107,6 +117,7 @@ class AgentRegistry:
                 registration_id=registration_id,
                 now=now,
                 expires_at=expires_at,
+                worker_connected=worker_connected,
             )
         if not touched:
             which = f"Registration '{registration_id}'" if registration_id else "The agent"

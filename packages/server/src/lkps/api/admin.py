@@ -63,7 +63,7 @@ async def list_agents(request: Request, services: ServicesDep) -> AgentList:
         agents.append(
             AgentInfo(
                 agent_id=summary.agent_id,
-                present=summary.active_registrations > 0,
+                present=summary.connected_registrations > 0,
                 enforce_client_authz=summary.enforce_client_authz if forced is None else forced,
                 registered_enforce_client_authz=summary.enforce_client_authz,
                 override=_override_response(override) if override else None,
@@ -72,6 +72,7 @@ async def list_agents(request: Request, services: ServicesDep) -> AgentList:
                 last_registered_at=summary.last_registered_at,
                 last_heartbeat_at=summary.last_heartbeat_at,
                 active_registrations=summary.active_registrations,
+                connected_registrations=summary.connected_registrations,
             )
         )
     return AgentList(agents=agents)

@@ -20,6 +20,7 @@ from lkps.api.openapi import error_responses, json_body
 from lkps.api.schemas import (
     AgentRegisterRequest,
     AgentRegisterResponse,
+    HeartbeatRequest,
     HeartbeatResponse,
     RegistrationRef,
 )
@@ -78,6 +79,7 @@ async def register(
                 enforce_client_authz=body.enforce_client_authz,
                 version=body.version,
                 metadata=body.metadata,
+                worker_connected=body.worker_connected,
             )
             token = services.minter.agent_token(
                 agent_name=agent_id, ttl=timedelta(seconds=settings.agent_token_ttl)
@@ -87,6 +89,7 @@ async def register(
                 enforce_client_authz=registration.enforce_client_authz,
                 version=body.version,
                 token_expires_at=token.expires_at.isoformat(),
+                worker_connected=body.worker_connected,
             )
             audit.grant(event=AuditEvent.AGENT_RENEW if registration.renewed else None)
     except AuditUnavailable:
@@ -114,17 +117,19 @@ async def register(
     "/heartbeat",
     response_model=HeartbeatResponse,
     dependencies=[BearerDoc],
-    openapi_extra=json_body(RegistrationRef, required=False),
+    openapi_extra=json_body(HeartbeatRequest, required=False),
     responses=error_responses(400, 401, 403, 404, 413, 415, 503),
 )
 async def heartbeat(request: Request, services: ServicesDep) -> HeartbeatResponse:
     """Keep the agent present. 404 means the registration is gone: register again."""
     agent_id = await authenticate_agent(request, services)
     body = await read_json_body(
-        request, RegistrationRef, max_bytes=services.settings.max_body_bytes, required=False
+        request, HeartbeatRequest, max_bytes=services.settings.max_body_bytes, required=False
     )
     expires_at = await services.registry.heartbeat(
-        agent_id, str(body.registration_id) if body.registration_id else None
+        agent_id,
+        str(body.registration_id) if body.registration_id else None,
+        worker_connected=body.worker_connected,
     )
     return HeartbeatResponse(connected=True, presence_expires_at=expires_at)
 

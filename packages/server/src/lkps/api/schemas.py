@@ -59,6 +59,14 @@ class AgentRegisterRequest(BaseModel):
     registration_id: uuid.UUID | None = Field(
         default=None, description="Renew this live registration instead of creating one"
     )
+    worker_connected: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Whether the agent's worker is connected to LiveKit. false: registered but not "
+            "present until a heartbeat says true (lkps-agent registers so, and reports every "
+            "change). Omitted: a new registration is present at once; a renewal keeps its state."
+        ),
+    )
 
 
 class AgentRegisterResponse(BaseModel):
@@ -73,6 +81,16 @@ class AgentRegisterResponse(BaseModel):
 
 class RegistrationRef(BaseModel):
     registration_id: uuid.UUID | None = None
+
+
+class HeartbeatRequest(RegistrationRef):
+    worker_connected: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Whether the agent's worker is connected to LiveKit now; sessions reach the "
+            "registration only while it is. Omitted: unchanged."
+        ),
+    )
 
 
 class HeartbeatResponse(BaseModel):
@@ -107,7 +125,10 @@ class AgentInfo(BaseModel):
     first_registered_at: datetime
     last_registered_at: datetime
     last_heartbeat_at: datetime | None
-    active_registrations: int
+    active_registrations: int = Field(description="Live registrations (worker processes)")
+    connected_registrations: int = Field(
+        description="Live registrations whose worker is connected to LiveKit: `present` when > 0"
+    )
 
 
 class AgentList(BaseModel):

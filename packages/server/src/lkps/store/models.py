@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lkps.store.types import PortableString, PortableText, UTCDateTime
@@ -32,7 +32,8 @@ class AgentRow(Base):
 
 class RegistrationRow(Base):
     """One running worker process of an agent. Live while `ended_at` is null and
-    `expires_at` is in the future."""
+    `expires_at` is in the future; sessions reach it only while `worker_connected` too
+    (the agent says whether its worker is connected to LiveKit; one that never says is)."""
 
     __tablename__ = "agent_registrations"
     __table_args__ = (Index("ix_agent_registrations_agent_expires", "agent_id", "expires_at"),)
@@ -46,6 +47,7 @@ class RegistrationRow(Base):
     expires_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(PortableString(32))
+    worker_connected: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class AuditRecordRow(Base):

@@ -1,5 +1,6 @@
 """Agent and registration queries. A registration is live while `ended_at` is null and
-`expires_at` is in the future; presence is therefore a query, not a flag to keep in sync."""
+`expires_at` is in the future, and dispatchable while its worker is connected to LiveKit
+too; presence is therefore a query, not a flag to keep in sync."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ class AgentFacts:
 
 def _live(now: datetime | ColumnElement[datetime]) -> list[ColumnElement[bool]]:
     return [RegistrationRow.ended_at.is_(None), RegistrationRow.expires_at > now]
+
+
+def _dispatchable(now: datetime | ColumnElement[datetime]) -> list[ColumnElement[bool]]:
+    """Live, and its worker connected to LiveKit: a session reaches it."""
+    return [*_live(now), RegistrationRow.worker_connected.is_(True)]
 
 
 async def upsert_agent(
@@ -60,6 +66,7 @@ async def insert_registration(
     version: str | None,
     now: datetime,
     expires_at: datetime,
+    worker_connected: bool,
 ) -> None:
     session.add(
         RegistrationRow(
@@ -70,6 +77,7 @@ async def insert_registration(
             renewed_at=now,
             last_seen_at=now,
             expires_at=expires_at,
+            worker_connected=worker_connected,
         )
     )
     await session.flush()
@@ -83,7 +91,14 @@ async def renew_registration(
     version: str | None,
     now: datetime,
     expires_at: datetime,
+    worker_connected: bool | None,
 ) -> bool:
+    values = _worker_state(worker_connected) | {
+        "version": version,
+        "renewed_at": now,
+        "last_seen_at": now,
+        "expires_at": expires_at,
+    }
     result = await session.execute(
         update(RegistrationRow)
         .where(
@@ -91,7 +106,7 @@ async def renew_registration(
             RegistrationRow.agent_id == agent_id,
             *_live(now),
         )
-        .values(version=version, renewed_at=now, last_seen_at=now, expires_at=expires_at)
+        .values(**values)
         .returning(RegistrationRow.registration_id)
     )
     return result.first() is not None
@@ -104,18 +119,25 @@ async def touch_registrations(
     registration_id: str | None,
     now: datetime,
     expires_at: datetime,
+    worker_connected: bool | None = None,
 ) -> int:
     """Extend the live registrations named (one, or all of the agent's); how many."""
     conditions: list[ColumnElement[bool]] = [RegistrationRow.agent_id == agent_id, *_live(now)]
     if registration_id is not None:
         conditions.append(RegistrationRow.registration_id == registration_id)
+    values = _worker_state(worker_connected) | {"last_seen_at": now, "expires_at": expires_at}
     result = await session.execute(
         update(RegistrationRow)
         .where(*conditions)
-        .values(last_seen_at=now, expires_at=expires_at)
+        .values(**values)
         .returning(RegistrationRow.registration_id)
     )
     return len(result.all())
+
+
+def _worker_state(worker_connected: bool | None) -> dict[str, bool]:
+    """The column to set when the agent said how its worker is; nothing when it did not."""
+    return {} if worker_connected is None else {"worker_connected": worker_connected}
 
 
 async def end_registrations(
@@ -157,7 +179,7 @@ _PRESENT_AGENT = (
         AgentRow.agent_id == bindparam("agent_id"),
         exists().where(
             RegistrationRow.agent_id == AgentRow.agent_id,
-            *_live(bindparam("now")),
+            *_dispatchable(bindparam("now")),
         ),
     )
 )
@@ -166,7 +188,8 @@ _PRESENT_AGENT = (
 async def present_agent(
     connection: AsyncConnection, agent_id: str, now: datetime
 ) -> AgentFacts | None:
-    """The agent, with any operator override, if at least one registration is live.
+    """The agent, with any operator override, if at least one registration is live and
+    its worker connected.
 
     One statement, read-only: this runs on every session start."""
     result = await connection.execute(_PRESENT_AGENT, {"agent_id": agent_id, "now": now})
@@ -218,9 +241,12 @@ async def agent_counts(session: AsyncSession, now: datetime) -> AgentCounts:
     registered = (await session.execute(select(func.count()).select_from(AgentRow))).scalar_one()
     present, live = (
         await session.execute(
-            select(func.count(func.distinct(RegistrationRow.agent_id)), func.count()).where(
-                *_live(now)
-            )
+            select(
+                func.count(
+                    func.distinct(case((and_(*_dispatchable(now)), RegistrationRow.agent_id)))
+                ),
+                func.count(),
+            ).where(*_live(now))
         )
     ).one()
     return AgentCounts(int(registered), int(present), int(live))
@@ -235,6 +261,7 @@ class AgentSummary:
     last_registered_at: datetime
     last_heartbeat_at: datetime | None
     active_registrations: int
+    connected_registrations: int
 
 
 async def agent_summaries(session: AsyncSession, now: datetime) -> list[AgentSummary]:
@@ -243,13 +270,14 @@ async def agent_summaries(session: AsyncSession, now: datetime) -> list[AgentSum
         select(
             RegistrationRow.agent_id,
             func.sum(case((and_(*_live(now)), 1), else_=0)).label("active"),
+            func.sum(case((and_(*_dispatchable(now)), 1), else_=0)).label("connected"),
             func.max(RegistrationRow.last_seen_at).label("last_seen"),
         )
         .group_by(RegistrationRow.agent_id)
         .subquery()
     )
     rows = await session.execute(
-        select(AgentRow, live.c.active, live.c.last_seen)
+        select(AgentRow, live.c.active, live.c.connected, live.c.last_seen)
         .outerjoin(live, live.c.agent_id == AgentRow.agent_id)
         .order_by(AgentRow.agent_id)
     )
@@ -262,6 +290,7 @@ async def agent_summaries(session: AsyncSession, now: datetime) -> list[AgentSum
             last_registered_at=agent.last_registered_at,
             last_heartbeat_at=last_seen,
             active_registrations=int(active or 0),
+            connected_registrations=int(connected or 0),
         )
-        for agent, active, last_seen in rows
+        for agent, active, connected, last_seen in rows
     ]
