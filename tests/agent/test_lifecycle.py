@@ -451,6 +451,18 @@ async def test_stop_deregisters_once(lifecycle: AgentLifecycle, lkps: ScriptedLk
     assert lifecycle.status().state is AgentState.STOPPED
 
 
+async def test_nothing_registers_again_after_stop(
+    lifecycle: AgentLifecycle, lkps: ScriptedLkps, clock: FakeClock
+) -> None:
+    first = await lifecycle.start()
+    await lifecycle.stop()  # a drain: the worker may still reconnect for running jobs
+    clock.now += TOKEN_TTL
+    assert await lifecycle.worker_token() == first.token
+    await lifecycle.livekit_rejected(first.token)
+    await lifecycle.stop()
+    assert lkps.names() == ["register", "deregister"]
+
+
 async def test_stop_does_not_hang_when_lkps_is_down(
     lifecycle: AgentLifecycle, lkps: ScriptedLkps, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,6 +126,27 @@ def test_the_agent_is_present_only_while_livekit_can_dispatch_to_it(
     assert agent.log_count('"worker lost its LiveKit connection"') >= 1
 
 
+def test_livekit_refusing_lkps_tokens_stops_the_agent_with_a_clear_error(
+    make_stack: StackFactory,
+) -> None:
+    # LKPS signs with a secret this LiveKit does not know (a rotation done on one side).
+    stack = make_stack(LKPS_LIVEKIT_API_SECRET="a-secret-livekit-has-never-heard-of-32+chars")
+    agent = stack.start_agent()
+    wait_for(lambda: not agent.running, timeout=90, what="the agent stopping")
+    log = agent.log_text()
+    # Not silent retries: the first 401 is reported and answered with a fresh token; the
+    # second one ends the agent, saying who can fix it.
+    assert log.count("LiveKit rejected the worker token (HTTP 401)") == 1
+    assert "LiveKit rejected the worker token LKPS issued moments ago" in log
+    assert "Ask the LKPS operators" in log
+    assert agent.log_count('"renewed the LKPS registration"') == 1
+    assert stack.livekit.workers(AGENT, connected_only=False) == []  # never let in
+    # It deregistered on the way out, and was never present (its worker never connected).
+    assert agent.log_count('"deregistered from LKPS"') == 1
+    assert session_status(stack.lkps_url, stack.entra) == 404
+    assert_logs_hold_no_secret(stack, agent)
+
+
 def test_the_worker_reconnects_with_a_renewed_token(make_stack: StackFactory) -> None:
     # A 12 s worker token: the SDK renews it at ~9.6 s; the double drops the worker's
     # connection when the token it connected with expires.

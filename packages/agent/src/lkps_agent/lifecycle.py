@@ -106,6 +106,7 @@ class AgentLifecycle:
         # too, renewing cannot help.
         self._token_after_rejection: str | None = None
         self._fatal: LkpsAgentError | None = None
+        self._stopped = False
 
     # What the worker sees.
 
@@ -143,8 +144,9 @@ class AgentLifecycle:
     async def worker_token(self) -> str:
         """The LiveKit token for the next (re)connect of the worker socket, renewed first
         when it is due. While LKPS is unreachable the current token is used as long as it
-        lasts; LiveKit then decides."""
-        if self._renew_due():
+        lasts; LiveKit then decides. After `stop()` (a drain) nothing is renewed: the
+        agent must not register again on its way out."""
+        if self._renew_due() and not self._stopped:
             try:
                 await self._renew()
             except LkpsAgentError:
@@ -157,6 +159,8 @@ class AgentLifecycle:
 
     async def livekit_rejected(self, token: str) -> None:
         """LiveKit answered 401 to the worker socket opened with `token`."""
+        if self._stopped:
+            return
         if token == self._token_after_rejection:
             self._fail(
                 LiveKitRejectedTokenError(
@@ -200,13 +204,18 @@ class AgentLifecycle:
     async def stop(self, *, deregister: bool = True) -> None:
         """Stop the background task and end the registration, so session starts get 404
         at once instead of after the presence TTL. Best effort: LKPS being down must not
-        hold up a shutdown."""
+        hold up a shutdown. Once deregistered, nothing registers again (a draining
+        worker still reconnects with its last token). `deregister=False` only pauses the
+        background task."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._stopped or not deregister:
+            return  # drain, aclose and run() all stop it: once is enough
+        self._stopped = True
         registration = self._registration
-        if deregister and registration is not None and self._state is not AgentState.STOPPED:
+        if registration is not None:
             try:
                 await asyncio.wait_for(
                     self._client.deregister_agent(registration.registration_id),
