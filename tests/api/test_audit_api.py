@@ -113,6 +113,64 @@ async def test_bad_query_parameters_are_400(trail: Lkps, params: dict[str, Any])
     assert set(response.json()) == {"error", "message", "request_id"}
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "12345",  # pydantic alone would read a Unix timestamp
+        "1763899200",
+        "1763899200.5",
+        "-1",
+        "0",
+        "2026-11-23T12:00:00",  # naive: whose noon?
+        "2026-11-23T12:00:00.123456",
+        "2026-11-23",
+        "12:00:00Z",
+        "yesterday",
+        "2026-11-23T12:00:00Zgarbage",
+        "2026-13-23T12:00:00Z",  # zoned, but no such month
+        "2026-11-23T12:00:00+01",
+        "garbage2026-11-23T12:00:00Z",
+        "",
+        " 2026-11-23T12:00:00Z",
+    ],
+)
+@pytest.mark.parametrize("name", ["since", "until"])
+async def test_since_and_until_need_iso_8601_with_a_time_zone(
+    trail: Lkps, name: str, value: str
+) -> None:
+    response = await query(trail, **{name: value})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body == {
+        "error": "bad_request",
+        "message": f'"{name}" must be an ISO 8601 date and time with a time zone '
+        "(e.g. 2026-11-23T12:00:00Z)",
+        "request_id": response.headers["x-request-id"],
+    }
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2000-01-01T00:00:00Z",
+        "2000-01-01T00:00:00z",
+        "2000-01-01T00:00:00+00:00",
+        "2000-01-01T01:00:00.123456+01:00",
+        "1999-12-31T19:00:00-05:00",
+        "2000-01-01T00:00Z",
+        "2000-01-01 00:00:00Z",
+        "2000-01-01T01:00:00+0100",
+    ],
+)
+async def test_zoned_iso_8601_is_accepted(trail: Lkps, value: str) -> None:
+    since = await query(trail, since=value)
+    assert since.status_code == 200, since.text
+    assert len(since.json()["records"]) == 6
+    until = await query(trail, until=value)
+    assert until.status_code == 200, until.text
+    assert until.json()["records"] == []
+
+
 async def test_verify_over_http(trail: Lkps, store_sql: StoreSql) -> None:
     headers = {"Authorization": f"Bearer {auditor(trail)}"}
     intact = (await trail.http.get("/api/audit/verify", headers=headers)).json()

@@ -16,6 +16,7 @@ from lkps.api import admin, agents, audit, health, sessions
 from lkps.api.errors import install_error_handlers
 from lkps.api.metrics_middleware import MetricsMiddleware
 from lkps.api.middleware import RequestIdMiddleware
+from lkps.api.openapi import install_openapi
 from lkps.authorization import AuthorizationSource
 from lkps.clock import Clock
 from lkps.config import Settings
@@ -58,6 +59,7 @@ def create_app(
         telemetry=native_telemetry(os.environ),
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for router in (health.router, sessions.router, agents.router, admin.router, audit.router):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
 from starlette.requests import Request
 
 from lkps.api.deps import BearerDoc, ServicesDep, authenticate, require_role
@@ -21,6 +24,30 @@ from lkps.store.audit import AuditFilter
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
 MAX_PAGE = 1000
+
+
+# An ISO 8601 date and time with a time zone: what `since` and `until` take. Checked on the
+# text before pydantic reads it, which would also take a number as a Unix timestamp
+# (`since=12345`) and a date-time without a zone.
+_ZONED_DATETIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})"
+)
+_DATETIME = TypeAdapter(datetime)
+
+
+def _zoned_datetime(name: str) -> Callable[[object], datetime]:
+    def parse(value: object) -> datetime:
+        try:
+            if isinstance(value, str) and _ZONED_DATETIME.fullmatch(value):
+                return _DATETIME.validate_python(value)  # also: no 13th month, no 25th hour
+        except ValidationError:
+            pass
+        raise ValueError(
+            f'"{name}" must be an ISO 8601 date and time with a time zone '
+            "(e.g. 2026-11-23T12:00:00Z)"
+        )
+
+    return parse
 
 
 def encode_cursor(seq: int) -> str:
@@ -52,8 +79,16 @@ async def query_audit(
     agent_id: Annotated[uuid.UUID | None, Query()] = None,
     client_app_id: Annotated[str | None, Query(max_length=64)] = None,
     cwid: Annotated[str | None, Query(max_length=256)] = None,
-    since: Annotated[datetime | None, Query(description="occurred_at >= since (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="occurred_at < until (ISO 8601)")] = None,
+    since: Annotated[
+        datetime | None,
+        BeforeValidator(_zoned_datetime("since")),
+        Query(description="occurred_at >= since (ISO 8601 with a time zone)"),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        BeforeValidator(_zoned_datetime("until")),
+        Query(description="occurred_at < until (ISO 8601 with a time zone)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> AuditPage:

@@ -8,10 +8,16 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
-from lkps.sessions.metadata import check_metadata
+from lkps.authorization.overrides import MAX_ADDITIONAL_CLIENTS
+from lkps.sessions.metadata import MAX_KEYS, check_metadata
 
-# A JSON object within the metadata limits (50 keys, 10,240 bytes, 32 levels).
-Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
+# A JSON object within the metadata limits (50 keys, 10,240 bytes, 32 levels). The
+# document states the key limit; the size and depth limits have no JSON Schema keyword.
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(check_metadata),
+    Field(json_schema_extra={"maxProperties": MAX_KEYS}),
+]
 
 
 class ErrorBody(BaseModel):
@@ -102,8 +108,18 @@ class OverrideBody(BaseModel):
     enforce_client_authz: StrictBool | None = Field(
         default=None, description="Force enforcement on or off; null follows the agent"
     )
+    # Checked by `canonical_client_ids` (its messages are the API's), so only the
+    # document states the UUID format and the limit.
     additional_clients: list[str] = Field(
-        default_factory=list, description="Client app ids allowed on top of the source's list"
+        default_factory=list,
+        description=(
+            f"Client app ids (UUIDs) allowed on top of the source's list; "
+            f"at most {MAX_ADDITIONAL_CLIENTS}"
+        ),
+        json_schema_extra={
+            "items": {"type": "string", "format": "uuid"},
+            "maxItems": MAX_ADDITIONAL_CLIENTS,
+        },
     )
 
 
