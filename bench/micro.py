@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -184,6 +186,114 @@ def pure_python() -> dict[str, float]:
         ),
         "record_hash (one audit record)": cpu_us(lambda: record_hash(row)),
         "serialize response model (pydantic)": cpu_us(lambda: response.model_dump_json().encode()),
+    }
+
+
+def _asgi_scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/session/start",
+        "raw_path": b"/api/session/start",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"authorization", b"Bearer " + b"x" * 900),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"80"),
+            (b"x-request-id", b"gateway-0123456789abcdef"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def in_process() -> dict[str, float]:
+    """LKPS's own per-request layers without the framework: the two ASGI middlewares
+    around an endpoint that answers at once, one audit log line, the audit metrics."""
+    from starlette.routing import Route
+
+    from lkps.api.metrics_middleware import MetricsMiddleware
+    from lkps.api.middleware import RequestIdMiddleware
+    from lkps.audit.scope import count
+    from lkps.identity.validator import VerifiedTokenCache
+    from lkps.logs import JsonFormatter, request_id_var
+
+    route = Route("/api/session/start", endpoint=lambda request: None, methods=["POST"])
+    body = b'{"room_name":"' + b"x" * 90 + b'","participant_token":"' + b"t" * 600 + b'"}'
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = route
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(body)).encode()),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    stack = RequestIdMiddleware(MetricsMiddleware(endpoint))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    def request() -> None:
+        coroutine = stack(_asgi_scope(), receive, send)
+        try:
+            coroutine.send(None)
+        except StopIteration:
+            return
+        raise RuntimeError("the middleware stack suspended")
+
+    def bare() -> None:
+        with contextlib.suppress(StopIteration):
+            endpoint(_asgi_scope(), receive, send).send(None)
+
+    formatter = JsonFormatter()
+    token_cache = VerifiedTokenCache(10)
+    clock = SystemClock()
+    entry = audit_entry(clock, str(uuid.uuid4()))
+    record = logging.LogRecord(
+        "lkps.audit", logging.INFO, __file__, 1, "%s %s", ("session.start", "granted"), None
+    )
+    for key, value in {
+        "audit_event": "session.start",
+        "outcome": "granted",
+        "status": 200,
+        "reason": "client pre-authorized (file)",
+        "agent_id": entry.agent_id,
+        "client_app_id": str(uuid.uuid4()),
+        "cwid": "bench.user0001",
+        "room_name": "x" * 90,
+        "audit_seq": 12345,
+    }.items():
+        setattr(record, key, value)
+    request_id_var.set(uuid.uuid4().hex)
+    stack_us, bare_us = [], []
+    for _ in range(5):  # interleaved: the stack's own cost is the difference
+        stack_us.append(cpu_us(request, 20000))
+        bare_us.append(cpu_us(bare, 20000))
+    return {
+        "middleware stack (request id + metrics), raw ASGI": statistics.median(stack_us)
+        - statistics.median(bare_us),
+        "JSON log line (audit record, JsonFormatter)": cpu_us(
+            lambda: formatter.format(record), 20000
+        ),
+        "audit metrics (count(entry))": cpu_us(lambda: count(entry), 20000),
+        "verified-token cache lookup + metric": cpu_us(
+            lambda: token_cache.get(b"\0" * 32, 0.0), 20000
+        ),
     }
 
 
@@ -408,6 +518,7 @@ def machine_load() -> Iterator[dict[str, float]]:
 
 def measure(*, churn: bool) -> dict[str, Any]:
     steps = {name: (value, 0.0, 0.0) for name, value in pure_python().items()}
+    steps |= {name: (value, 0.0, 0.0) for name, value in in_process().items()}
     run.ensure_postgres()
     with machine_load() as load, run.bench_database() as name:
         steps |= asyncio.run(database(name))

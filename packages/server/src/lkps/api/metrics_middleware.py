@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from prometheus_client import Counter, Histogram
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +16,25 @@ def route_of(scope: Scope) -> str:
     if isinstance(route, BaseRoute):
         return str(getattr(route, "path", "other"))
     return "unmatched"  # 404s and mounts: one label, whatever the path
+
+
+# Label children by label values: `.labels()` validates and locks on every call. Both
+# stay small, as the labels are bounded (methods, route templates, statuses).
+_requests: dict[tuple[str, str, int], Counter] = {}
+_latencies: dict[tuple[str, str], Histogram] = {}
+
+
+def _record(method: str, route: str, status: int, seconds: float) -> None:
+    counter = _requests.get((method, route, status))
+    if counter is None:
+        counter = _requests[method, route, status] = HTTP_REQUESTS.labels(
+            method, route, str(status)
+        )
+    counter.inc()
+    histogram = _latencies.get((method, route))
+    if histogram is None:
+        histogram = _latencies[method, route] = HTTP_LATENCY.labels(method, route)
+    histogram.observe(seconds)
 
 
 class MetricsMiddleware:
@@ -37,7 +57,4 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = route_of(scope)
-            method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+            _record(scope["method"], route_of(scope), status, time.perf_counter() - started)

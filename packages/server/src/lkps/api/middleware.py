@@ -2,24 +2,47 @@
 
 A well-formed id from the gateway is kept so one id follows a request end to end; any
 other value is replaced, so nothing a caller sends is echoed unchecked.
+
+Plain ASGI on raw header lists: this runs on every request, and Starlette's `Headers`
+objects cost more than the work itself.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lkps.logs import request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
+_HEADER = REQUEST_ID_HEADER.encode("latin-1")
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def request_id_of(scope: Scope) -> str:
     return str(scope.get("state", {}).get("request_id", ""))
+
+
+def with_request_id(
+    headers: Iterable[tuple[bytes, bytes]], value: bytes
+) -> list[tuple[bytes, bytes]]:
+    """`headers` with one `x-request-id: value`: in place of the first one already
+    there (any others dropped), else appended; as Starlette's `MutableHeaders` sets it."""
+    result: list[tuple[bytes, bytes]] = []
+    replaced = False
+    for header in headers:
+        if header[0] == _HEADER:
+            if replaced:
+                continue
+            header = (_HEADER, value)
+            replaced = True
+        result.append(header)
+    if not replaced:
+        result.append((_HEADER, value))
+    return result
 
 
 class RequestIdMiddleware:
@@ -30,22 +53,19 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next(
-            (
-                value.decode("latin-1")
-                for name, value in scope["headers"]
-                if name == b"x-request-id"
-            ),
-            "",
-        )
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == _HEADER:
+                incoming = value.decode("latin-1")
+                break
         request_id = incoming if _ACCEPTABLE_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        header_value = request_id.encode("latin-1")
         token = request_id_var.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers[REQUEST_ID_HEADER] = request_id
+                message["headers"] = with_request_id(message["headers"], header_value)
             await send(message)
 
         try:

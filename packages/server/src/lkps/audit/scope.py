@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from prometheus_client import Counter
+
 from lkps.audit.log import AuditLog, AuditUnavailable
 from lkps.audit.records import AuditEntry, AuditEvent, AuditRecord, Outcome
 from lkps.clock import Clock
@@ -42,11 +44,25 @@ class RequestContext:
 _KNOWN_AGENT_STATUSES = frozenset({200, 201, 403})
 
 
+# Label children by label values (bounded: events, outcomes, statuses, known agents):
+# `.labels()` validates and locks on every call.
+_records: dict[tuple[str, str], Counter] = {}
+_session_starts: dict[tuple[str, int, str], Counter] = {}
+
+
 def count(entry: AuditEntry) -> None:
-    AUDIT_RECORDS.labels(str(entry.event), str(entry.outcome)).inc()
+    event, outcome = str(entry.event), str(entry.outcome)
+    records = _records.get((event, outcome))
+    if records is None:
+        records = _records[event, outcome] = AUDIT_RECORDS.labels(event, outcome)
+    records.inc()
     if entry.event == AuditEvent.SESSION_START:
         agent = entry.agent_id if entry.status in _KNOWN_AGENT_STATUSES and entry.agent_id else "-"
-        SESSION_STARTS.labels(str(entry.outcome), str(entry.status), agent).inc()
+        key = (outcome, entry.status, agent)
+        starts = _session_starts.get(key)
+        if starts is None:
+            starts = _session_starts[key] = SESSION_STARTS.labels(outcome, str(entry.status), agent)
+        starts.inc()
 
 
 class AuditScope:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from prometheus_client import Counter
 
 from lkps.clock import Clock
 from lkps.errors import Unauthenticated
@@ -39,6 +40,16 @@ def is_guid(value: str) -> bool:
 
 
 _REQUIRED_CLAIMS = ["exp", "iss", "aud", "tid", "sub"]
+
+# `TOKEN_CACHE` children, made on first use: `.labels()` validates and locks each call.
+_cache_results: dict[str, Counter] = {}
+
+
+def _count(result: str) -> None:
+    counter = _cache_results.get(result)
+    if counter is None:
+        counter = _cache_results[result] = TOKEN_CACHE.labels(result)
+    counter.inc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +73,11 @@ class VerifiedTokenCache:
             if entry is not None:
                 del self._entries[digest]
             self.misses += 1
-            TOKEN_CACHE.labels("miss").inc()
+            _count("miss")
             return None
         self._entries.move_to_end(digest)
         self.hits += 1
-        TOKEN_CACHE.labels("hit").inc()
+        _count("hit")
         return entry
 
     def put(self, digest: bytes, entry: _Verified) -> None:

@@ -2,13 +2,23 @@
 
 `livekit-api`'s `VideoGrants` allows publish, subscribe and publish-data by default;
 every grant here is spelled out so that what a token allows is read in one place.
+
+The claims are those `livekit-api`'s `AccessToken.to_jwt` writes, key for key and in
+its order, but built from templates made once by `livekit-api` itself: its generic
+`dataclasses.asdict` walk of every grant field (and a deep copy of the room
+configuration) cost most of a session start's token. They are signed with PyJWT's
+`jwt.encode(claims, secret, algorithm="HS256")`, as livekit-api signs them.
 """
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import jwt
+from google.protobuf.json_format import MessageToDict
 from livekit.api import AccessToken, VideoGrants
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.room import RoomConfiguration
@@ -17,6 +27,17 @@ from lkps.clock import Clock
 
 # How long LiveKit keeps a room after its last participant leaves.
 DEPARTURE_TIMEOUT_SECONDS = 30
+
+_PARTICIPANT_GRANTS = VideoGrants(
+    room_join=True,
+    room="\0",  # a placeholder, so the template holds the key in its place
+    can_publish=True,
+    can_subscribe=True,
+    can_publish_data=True,
+)
+_AGENT_GRANTS = VideoGrants(
+    agent=True, can_publish=False, can_subscribe=False, can_publish_data=False
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +63,17 @@ class TokenMinter:
         self._api_key = api_key
         self._api_secret = api_secret
         self._clock = clock
+        self._signer: _Signer | None = None
+        # The claims livekit-api writes for these grants, less the per-token values
+        # (they do not depend on the key).
+        template = AccessToken("template", "template")
+        self._participant_video: dict[str, Any] = template.with_grants(
+            _PARTICIPANT_GRANTS
+        ).claims.asdict()["video"]
+        template = AccessToken("template", "template")
+        self._agent_claims: dict[str, Any] = (
+            template.with_kind("agent").with_grants(_AGENT_GRANTS).claims.asdict()
+        )
 
     def participant_token(
         self,
@@ -52,30 +84,44 @@ class TokenMinter:
         room_config: RoomConfiguration,
         ttl: timedelta,
     ) -> IssuedToken:
-        grants = VideoGrants(
-            room_join=True,
-            room=room,
-            can_publish=True,
-            can_subscribe=True,
-            can_publish_data=True,
-        )
-        token = (
-            self._token(ttl)
-            .with_identity(identity)
-            .with_grants(grants)
-            .with_room_config(room_config)
-        )
-        if name:
-            token = token.with_name(name)
-        return IssuedToken(token.to_jwt(), self._clock.now() + ttl)
+        if not identity or not room:
+            raise ValueError("identity and room must be set when joining a room")
+        claims: dict[str, Any] = {"name": name} if name else {}
+        video = self._participant_video.copy()
+        video["room"] = room
+        claims["video"] = video
+        claims["roomConfig"] = MessageToDict(room_config)
+        return self._issue(claims, identity, ttl)
 
     def agent_token(self, *, agent_name: str, ttl: timedelta) -> IssuedToken:
         """A worker token: registers with LiveKit's `/agent` endpoint and nothing else."""
-        grants = VideoGrants(
-            agent=True, can_publish=False, can_subscribe=False, can_publish_data=False
-        )
-        token = self._token(ttl).with_identity(agent_name).with_kind("agent").with_grants(grants)
-        return IssuedToken(token.to_jwt(), self._clock.now() + ttl)
+        return self._issue(self._agent_claims.copy(), agent_name, ttl)
 
-    def _token(self, ttl: timedelta) -> AccessToken:
-        return AccessToken(self._api_key, self._api_secret).with_ttl(ttl)
+    def _issue(self, claims: dict[str, Any], identity: str, ttl: timedelta) -> IssuedToken:
+        """Sign as `AccessToken.to_jwt` does: `sub`, `iss`, `nbf`, `exp` after the grants."""
+        signer = self._signer or self._new_signer()
+        now = datetime.now(UTC)
+        claims["sub"] = identity
+        claims["iss"] = signer.issuer
+        claims["nbf"] = calendar.timegm(now.utctimetuple())
+        claims["exp"] = calendar.timegm((now + ttl).utctimetuple())
+        return IssuedToken(signer.sign(claims), self._clock.now() + ttl)
+
+    def _new_signer(self) -> _Signer:
+        """Key and secret as livekit-api takes them (its environment fallbacks and its
+        error if neither is set), once."""
+        token = AccessToken(self._api_key, self._api_secret)
+        key, secret = token.api_key, token.api_secret
+        if not key or not secret:  # AccessToken has refused these; this narrows the types
+            raise ValueError("api_key and api_secret must be set")
+        self._signer = _Signer(key, secret)
+        return self._signer
+
+
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    issuer: str
+    secret: str
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self.secret, algorithm="HS256")

@@ -1,0 +1,98 @@
+"""The minter's tokens are those livekit-api's `AccessToken.to_jwt` writes, byte for byte."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from typing import Any
+
+import jwt
+import pytest
+from livekit.api import AccessToken, VideoGrants
+
+from lkps.clock import SystemClock
+from lkps.livekit import TokenMinter, dispatch_room_config
+
+KEY, SECRET = "APIminter", "s" * 48
+TTL = timedelta(seconds=900)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    decoded: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return decoded  # in the token's key order, nested objects too
+
+
+def _reference_participant(name: str | None) -> str:
+    config = dispatch_room_config("agent-a", '{"topic":"billing"}', max_participants=2)
+    grants = VideoGrants(
+        room_join=True, room="room_1", can_publish=True, can_subscribe=True, can_publish_data=True
+    )
+    token = (
+        AccessToken(KEY, SECRET)
+        .with_ttl(TTL)
+        .with_identity("user_1")
+        .with_grants(grants)
+        .with_room_config(config)
+    )
+    if name:
+        token = token.with_name(name)
+    return token.to_jwt()
+
+
+def _same(ours: str, reference: str) -> None:
+    """Byte for byte, but for the second `nbf` and `exp` fell in: re-signed with the
+    reference's times, our claims (in our order) give the reference token."""
+    claims, times = _claims(ours), _claims(reference)
+    assert claims["exp"] - claims["nbf"] == TTL.total_seconds()
+    claims["nbf"], claims["exp"] = times["nbf"], times["exp"]
+    assert jwt.encode(claims, SECRET, algorithm="HS256") == reference
+    assert ours.split(".")[0] == reference.split(".")[0]
+    jwt.decode(ours, SECRET, algorithms=["HS256"], options={"verify_nbf": False})
+
+
+@pytest.mark.parametrize("name", ["User One", None, ""])
+def test_participant_token_matches_livekit(name: str | None) -> None:
+    minter = TokenMinter(KEY, SECRET, SystemClock())
+    issued = minter.participant_token(
+        identity="user_1",
+        name=name,
+        room="room_1",
+        room_config=dispatch_room_config("agent-a", '{"topic":"billing"}', max_participants=2),
+        ttl=TTL,
+    )
+    _same(issued.jwt, _reference_participant(name))
+
+
+def test_agent_token_matches_livekit() -> None:
+    minter = TokenMinter(KEY, SECRET, SystemClock())
+    grants = VideoGrants(agent=True, can_publish=False, can_subscribe=False, can_publish_data=False)
+    reference = (
+        AccessToken(KEY, SECRET)
+        .with_ttl(TTL)
+        .with_identity("agent-a")
+        .with_kind("agent")
+        .with_grants(grants)
+        .to_jwt()
+    )
+    _same(minter.agent_token(agent_name="agent-a", ttl=TTL).jwt, reference)
+
+
+def test_missing_room_or_identity_is_refused_as_livekit_does() -> None:
+    minter = TokenMinter(KEY, SECRET, SystemClock())
+    config = dispatch_room_config("agent-a", "{}", max_participants=2)
+    for identity, room in (("", "room_1"), ("user_1", "")):
+        with pytest.raises(ValueError, match="identity and room must be set"):
+            minter.participant_token(
+                identity=identity, name=None, room=room, room_config=config, ttl=TTL
+            )
+
+
+def test_missing_secret_is_refused_when_minting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
+    minter = TokenMinter(KEY, "", SystemClock())
+    with pytest.raises(ValueError, match="api_key and api_secret must be set"):
+        minter.agent_token(agent_name="agent-a", ttl=TTL)
