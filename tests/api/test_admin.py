@@ -139,6 +139,8 @@ async def test_only_admins_change_overrides_and_refusals_are_audited(lkps: Lkps)
         {"additional_clients": ["not-a-uuid"]},
         {"additional_clients": "one"},
         {"enforce_client_authz": "sometimes"},
+        {"enforce_client_authz": "off"},
+        {"enforce_client_authz": 1},
     ],
 )
 async def test_bad_override_bodies_are_400(lkps: Lkps, body: dict[str, Any]) -> None:

@@ -73,6 +73,11 @@ async def test_agent_role_is_required_when_configured(
     "body",
     [
         {"enforce_client_authz": "maybe"},
+        # Strict booleans: nothing else is read as one (fuzzing finding F1).
+        {"enforce_client_authz": "true"},
+        {"enforce_client_authz": "yes"},
+        {"enforce_client_authz": 0},
+        {"enforce_client_authz": 1.0},
         {"version": "v" * 129},
         {"metadata": "not an object"},
         {"metadata": {f"k{i}": i for i in range(51)}},

@@ -43,7 +43,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
-from schemathesis.core.failures import AcceptedNegativeData, Failure
+from schemathesis.core.failures import Failure
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi import checks as oas
 
@@ -290,9 +290,9 @@ def flatmap_path_parameters(
 
 
 # Known findings: open LKPS problems this fuzzer found, each filtered as narrowly as the
-# problem so that anything new still fails the run. F1, F3 and F5 are contract
-# imprecisions (the document says less than LKPS enforces, or LKPS accepts more than it
-# allows). Fixed, their filters gone: F2 (numeric `since`/`until` are refused), F4 (the
+# problem so that anything new still fails the run. F3 and F5 are contract imprecisions
+# (the document says less than LKPS enforces). Fixed, their filters gone: F1 (booleans are
+# strict: 0, 1.0, "yes", "true" are 400; tests/api/test_agents.py pins it), F2 (numeric `since`/`until` are refused), F4 (the
 # document states `additional_clients`' UUID format and limit), F5's key limit (the
 # document states `maxProperties`), F6 (a 405's Allow lists the whole resource's methods).
 # The one filter that is not a finding is the fuzzer's own noise: opaque cursors.
@@ -314,17 +314,6 @@ def _opaque_cursor(failure: Failure, case: FuzzCase, response: Any) -> bool:
         isinstance(failure, RejectedPositiveData)
         and case.operation.path == "/api/audit"
         and _error_message(response) == '"cursor" is not a cursor this API returned'
-    )
-
-
-def _lax_booleans(failure: Failure, case: FuzzCase, response: Any) -> bool:
-    # F1: `enforce_client_authz` is boolean | null, yet 0, 1.0, "yes", "off" ... pass.
-    value = case.body.get("enforce_client_authz") if isinstance(case.body, dict) else None
-    return (
-        isinstance(failure, AcceptedNegativeData)
-        and "enforce_client_authz" in failure.message
-        and isinstance(value, int | float | str)
-        and not isinstance(value, bool)
     )
 
 
@@ -351,7 +340,6 @@ def _metadata_limits(failure: Failure, case: FuzzCase, response: Any) -> bool:
 
 KNOWN_FINDINGS: list[FailureFilter] = [
     _opaque_cursor,
-    _lax_booleans,
     _token_request_rules,
     _metadata_limits,
 ]
