@@ -236,7 +236,7 @@ def settings_values(
         "livekit_api_secret": LIVEKIT_SECRET,
         "entra_tenant_id": entra.tenant_id,
         "entra_audiences": [API_AUDIENCE, LKPS_CLIENT_ID],
-        "entra_jwks_url": f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
+        "entra_jwks_url": entra.jwks_url(entra_server.url),
         "authz_source": "file",
         "authz_file": authz_file,
         "database_url": database.url,

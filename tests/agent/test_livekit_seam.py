@@ -123,6 +123,16 @@ class FakeSession:
         self.closed = True
 
 
+def handshake_error(status: int) -> aiohttp.WSServerHandshakeError:
+    """What aiohttp raises when the server answers the upgrade with `status`."""
+    return aiohttp.WSServerHandshakeError(
+        request_info=None,  # type: ignore[arg-type]
+        history=(),
+        status=status,
+        message="Invalid Status",
+    )
+
+
 def seamed(tokens: RecordingTokens, session: FakeSession) -> seam.SeamedAgentServer:
     server = seam.SeamedAgentServer(api_key="k", api_secret="s")
     server._use_tokens(tokens)
@@ -170,12 +180,7 @@ async def test_other_sockets_are_left_alone() -> None:
 
 
 async def test_a_401_is_reported_then_raised() -> None:
-    refused = aiohttp.WSServerHandshakeError(
-        request_info=None,  # type: ignore[arg-type]
-        history=(),
-        status=401,
-        message="Invalid Status",
-    )
+    refused = handshake_error(401)
     tokens, session = RecordingTokens(), FakeSession(refused)
     server = seamed(tokens, session)
     with pytest.raises(aiohttp.WSServerHandshakeError):
@@ -185,12 +190,7 @@ async def test_a_401_is_reported_then_raised() -> None:
 
 
 async def test_other_handshake_failures_are_not_rejections() -> None:
-    unavailable = aiohttp.WSServerHandshakeError(
-        request_info=None,  # type: ignore[arg-type]
-        history=(),
-        status=503,
-        message="Invalid Status",
-    )
+    unavailable = handshake_error(503)
     tokens, session = RecordingTokens(), FakeSession(unavailable)
     server = seamed(tokens, session)
     with pytest.raises(aiohttp.WSServerHandshakeError):

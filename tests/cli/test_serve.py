@@ -51,7 +51,7 @@ def test_serve_runs_the_service(
         LKPS_LIVEKIT_API_SECRET=LIVEKIT_SECRET,
         LKPS_ENTRA_TENANT_ID=entra.tenant_id,
         LKPS_ENTRA_AUDIENCES=API_AUDIENCE,
-        LKPS_ENTRA_JWKS_URL=f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
+        LKPS_ENTRA_JWKS_URL=entra.jwks_url(entra_server.url),
         LKPS_AUTHZ_SOURCE="file",
         LKPS_AUTHZ_FILE=str(authz),
         LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",

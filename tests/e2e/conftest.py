@@ -81,7 +81,7 @@ def make_stack(
             replica = lkps_replica(
                 tmp_path,
                 entra=entra,
-                jwks_url=f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
+                jwks_url=entra.jwks_url(entra_server.url),
                 database_url=database.url,
                 authz_file=authz_file,
                 livekit=livekit,

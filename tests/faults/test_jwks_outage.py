@@ -154,7 +154,7 @@ async def test_jwks_outage_and_unknown_kid_flood(
     env = serve_environment(
         tenant_id=idp.tenant_id,
         audience=API_AUDIENCE,
-        jwks_url=f"{jwks.url}/{idp.tenant_id}/discovery/v2.0/keys",
+        jwks_url=idp.jwks_url(jwks.url),
         database_url=database.url,
         livekit_key=LIVEKIT_KEY,
         livekit_secret=LIVEKIT_SECRET,

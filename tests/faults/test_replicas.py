@@ -99,7 +99,7 @@ def _fleet(
         return serve_environment(
             tenant_id=entra.tenant_id,
             audience=API_AUDIENCE,
-            jwks_url=f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
+            jwks_url=entra.jwks_url(entra_server.url),
             database_url=url,
             livekit_key=LIVEKIT_KEY,
             livekit_secret=LIVEKIT_SECRET,

@@ -43,7 +43,7 @@ async def test_the_agent_answers_a_client_through_a_real_livekit(
     lkps = lkps_replica(
         tmp_path,
         entra=entra,
-        jwks_url=f"{entra_server.url}/{entra.tenant_id}/discovery/v2.0/keys",
+        jwks_url=entra.jwks_url(entra_server.url),
         database_url=database.url,
         authz_file=authz_file,
         livekit=livekit,

@@ -376,18 +376,19 @@ class AgentLifecycle:
             )
         else:
             return
-        self._fail(RegistrationRefusedError(message))
-        raise self._fatal or RegistrationRefusedError(message)
+        raise self._fail(RegistrationRefusedError(message))
 
-    def _fail(self, error: LkpsAgentError) -> None:
+    def _fail(self, error: LkpsAgentError) -> LkpsAgentError:
+        """End the agent with `error` (the first fatal error wins); the one it ended with."""
         if self._fatal is not None:
-            return
+            return self._fatal
         self._fatal = error
         self._state = AgentState.FAILED
         self._last_error = str(error)
         logger.error("the agent cannot run: %s", error)
         if self._on_fatal is not None:
             self._on_fatal(error)
+        return error
 
     def _note_failure(self, what: str, error: BaseException) -> float:
         """Record a transient failure; return how long to wait before the next try. An
@@ -395,14 +396,13 @@ class AgentLifecycle:
         agent (raises)."""
         permanent = next((code for code in PERMANENT_ENTRA_ERRORS if code in str(error)), None)
         if permanent is not None:
-            self._fail(
+            raise self._fail(
                 RegistrationRefusedError(
                     f"Entra ID refused this agent's credential ({permanent}; auth mode "
                     f"{self._config.auth!r}, client {self._config.client_id or 'from the environment'}): "
                     f"{_describe(error)}"
                 )
             )
-            raise self._fatal or RegistrationRefusedError(permanent)
         self._failures += 1
         self._last_error = f"{what}: {_describe(error)}"
         if self._state is not AgentState.FAILED:

@@ -161,6 +161,10 @@ class EntraDouble:
     def issuer_v1(self) -> str:
         return f"https://sts.windows.net/{self.tenant_id}/"
 
+    def jwks_url(self, base_url: str) -> str:
+        """Where this tenant's JWKS is served when `asgi_app()` runs at `base_url`."""
+        return f"{base_url.rstrip('/')}/{self.tenant_id}/discovery/v2.0/keys"
+
     def jwks(self) -> dict[str, Any]:
         return {"keys": [key.public_jwk() for key in self.keys]}
 
@@ -309,7 +313,7 @@ class EntraDouble:
         return JSONResponse(
             {
                 "issuer": self.issuer_v2,
-                "jwks_uri": f"{base}/{self.tenant_id}/discovery/v2.0/keys",
+                "jwks_uri": self.jwks_url(base),
                 "token_endpoint": f"{base}/{self.tenant_id}/oauth2/v2.0/token",
                 "authorization_endpoint": f"{base}/{self.tenant_id}/oauth2/v2.0/authorize",
                 "id_token_signing_alg_values_supported": ["RS256"],
