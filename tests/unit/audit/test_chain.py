@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lkps.audit.chain import (
     GENESIS_HASH,
     hash_of,
+    hashed_text,
     record_hash,
     verify_chain,
 )
@@ -104,3 +109,65 @@ async def test_truncated_tail_is_found_from_the_head() -> None:
     result = await verify(records[:8], (10, records[9].hash))
     assert not result.ok and result.broken_at_seq == 9
     assert "head is at 10" in result.describe()
+
+
+# The hashed text: one definition, split around the links for whoever holds the head.
+
+KNOWN_FIELDS: dict[str, Any] = {
+    "seq": 42,
+    "record_id": 'r"42',
+    "occurred_at": datetime(2026, 11, 23, 21, 24, 41, 123456, tzinfo=UTC),
+    "event": "session.start",
+    "outcome": "granted",
+    "status": 200,
+    "reason": '"prev_hash":"" and "seq":0 \\ ü \x00 \ue000',
+    "request_id": None,
+    "actor_tenant_id": "t",
+    "actor_object_id": "o",
+    "actor_cwid": "alice",
+    "client_app_id": "c",
+    "agent_id": "a",
+    "room_name": "room",
+    "registration_id": None,
+    "client_ip": "203.0.113.7",
+    "details": '{"k":"ü"}',
+    "prev_hash": "ab" * 32,
+}
+
+
+def reference_hash(fields: dict[str, Any]) -> str:
+    """The chain's hash as first defined: SHA-256 of the canonical JSON of every field."""
+    payload = {
+        name: value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if isinstance(value, datetime)
+        else value
+        for name, value in fields.items()
+        if name != "hash"
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_record_hash_is_unchanged_for_stored_chains() -> None:
+    # Computed before the hashed text was split; chains already stored must still verify.
+    expected = "6a573becba6959e69ff4ee99e0264c6110bfb843c94a1854237606b5211a0aa0"
+    assert record_hash(KNOWN_FIELDS) == expected == reference_hash(KNOWN_FIELDS)
+
+
+_VALUES = st.one_of(st.none(), st.text(), st.sampled_from(['"prev_hash":""', '"seq":0', "\\"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.fixed_dictionaries({name: _VALUES for name in ("reason", "actor_cwid", "details")}),
+    seq=st.integers(min_value=1, max_value=2**63 - 1),
+    prev=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+def test_the_links_filled_into_the_hashed_text_give_the_record_hash(
+    values: dict[str, Any], seq: int, prev: str
+) -> None:
+    fields = KNOWN_FIELDS | values | {"seq": seq, "prev_hash": prev}
+    text = hashed_text(fields)
+    assert text.hash(prev, seq) == reference_hash(fields) == record_hash(fields)
+    # The parts do not depend on the links: a writer computes them before it has the head.
+    assert hashed_text(fields | {"seq": 1, "prev_hash": GENESIS_HASH}) == text

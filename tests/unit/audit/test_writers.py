@@ -13,11 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, AuditRecord, AuditUnavailable, Outcome
 from lkps.store import Database
+from lkps.store import audit as queries
 from tests.backends import StoreSql, TestDatabase
 from tests.unit.store.postgres_restart import terminate_backends
 
@@ -114,13 +116,16 @@ async def test_writers_in_several_processes_keep_one_chain(
 
 
 async def test_a_batch_stores_exactly_what_was_hashed(db: Database) -> None:
-    """Every column through the batch statement, NUL and the store's escape included."""
+    """Every column through the batch statement, NUL and the store's escape included, and
+    text that looks like the hashed text's own links (PostgreSQL fills them in)."""
     awkward = "x\x00y\ue000e\ue0000"
+    links = '"prev_hash":"" "seq":0 \\" \u2028 \U0001f600 ü \x7f'
     audit = AuditLog(db)
     await audit.start()
     try:
         returned = await asyncio.gather(
             audit.append(entry(reason=awkward, details={awkward: awkward})),
+            audit.append(entry(reason=links, actor_cwid=links, details={links: [links, 1.5]})),
             audit.append(entry(reason=None, actor_cwid=None, room_name=None, details={})),
             *(audit.append(entry(client_ip="203.0.113.7", request_id=f"r{i}")) for i in range(6)),
         )
@@ -155,3 +160,54 @@ async def test_a_batch_that_met_a_dead_connection_is_written_once(
     assert terminate_backends(database) >= 1
     second = await append_all(db, 8)
     await assert_one_chain(db, {record.record_id for record in first + second})
+
+
+async def test_the_writer_outlives_a_batch_that_failed_unexpectedly(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails in any way fails closed (503 for its requests); the writer goes
+    on, instead of dying and leaving every later request waiting."""
+    audit = AuditLog(db)
+    original = AuditLog._write
+    calls = 0
+
+    async def fail_once(self: AuditLog, entries: list[AuditEntry]) -> list[AuditRecord]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await original(self, entries)
+
+    monkeypatch.setattr(AuditLog, "_write", fail_once)
+    await audit.start()
+    try:
+        with pytest.raises(AuditUnavailable):
+            await asyncio.wait_for(audit.append(entry()), 5)
+        record = await asyncio.wait_for(audit.append(entry()), 5)
+    finally:
+        await audit.stop()
+    assert record.seq == 1
+    await assert_one_chain(db, {record.record_id})
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_hash_the_store_computed_differently_fails_the_batch(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL chains the batch itself; LKPS checks each hash it returns, so a store that
+    hashed other bytes (an encoding conversion) is a 503 and an alarm at once, not a
+    broken chain found at the next verification."""
+    original = queries.append_chained
+
+    async def other_bytes(*args: Any) -> list[tuple[int, str, str]]:
+        return [(seq, prev, "0" * 64) for seq, prev, _ in await original(*args)]
+
+    monkeypatch.setattr(queries, "append_chained", other_bytes)
+    audit = AuditLog(db)
+    await audit.start()
+    try:
+        with pytest.raises(AuditUnavailable):
+            await audit.append(entry())
+    finally:
+        await audit.stop()
+    assert "hashed audit record 1 differently" in caplog.text

@@ -48,12 +48,49 @@ def canonical_json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def record_hash(fields: Mapping[str, Any]) -> str:
+@dataclass(frozen=True, slots=True)
+class HashedText:
+    """A record's hashed text around its two links, `prev_hash` and `seq`:
+    `before_prev + prev_hash + before_seq + str(seq) + after_seq`.
+
+    Everything but the links can be written before the chain head is known, so the
+    writer that holds the head (PostgreSQL itself, on that engine) only fills them in.
+    """
+
+    before_prev: str
+    before_seq: str
+    after_seq: str
+
+    def hash(self, prev_hash: str, seq: int) -> str:
+        text = f"{self.before_prev}{prev_hash}{self.before_seq}{seq}{self.after_seq}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# The links as they appear in the canonical JSON with placeholder values. Inside a
+# JSON string every quote is escaped, so these can only match the keys themselves.
+_CONTENT_FIELDS = tuple(name for name in HASHED_FIELDS if name not in {"seq", "prev_hash"})
+_PREV_PLACEHOLDER = '"prev_hash":""'
+_SEQ_PLACEHOLDER = '"seq":0'
+
+
+def hashed_text(fields: Mapping[str, Any]) -> HashedText:
+    """The hashed text of a record with these fields (`seq` and `prev_hash` unused)."""
     payload = {
         name: canonical_time(fields[name]) if name == "occurred_at" else fields[name]
-        for name in HASHED_FIELDS
+        for name in _CONTENT_FIELDS
     }
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    payload["prev_hash"] = ""
+    payload["seq"] = 0
+    # Keys are sorted: "prev_hash" comes before "seq".
+    head, found_prev, rest = canonical_json(payload).partition(_PREV_PLACEHOLDER)
+    middle, found_seq, tail = rest.partition(_SEQ_PLACEHOLDER)
+    assert found_prev, "no prev_hash key in the canonical JSON"
+    assert found_seq, "no seq key after prev_hash in the canonical JSON"
+    return HashedText(f'{head}"prev_hash":"', f'"{middle}"seq":', tail)
+
+
+def record_hash(fields: Mapping[str, Any]) -> str:
+    return hashed_text(fields).hash(fields["prev_hash"], fields["seq"])
 
 
 def hash_of(record: AuditRecord) -> str:

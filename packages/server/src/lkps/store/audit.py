@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, Update, bindparam, func, insert, select, update
+from sqlalchemy import TextClause, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.sql.expression import ColumnClause
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import Text, TypeEngine
 
+from lkps.audit.chain import HashedText
 from lkps.audit.records import AuditRecord
 from lkps.store.models import AuditChainHead, AuditRecordRow
 from lkps.store.types import PortableString
@@ -20,10 +20,10 @@ from lkps.store.types import PortableString
 _HEAD_ID = 1
 _COLUMNS = [column.key for column in AuditRecordRow.__table__.columns]
 
-# The writer's statements, built once (they run for every batch). The chain head is locked
-# with a no-op UPDATE rather than `SELECT ... FOR UPDATE`: it takes the row lock on
-# PostgreSQL and, being the transaction's first statement, SQLite's write lock, so a
-# SQLite writer never has to upgrade a read snapshot (which fails instead of waiting).
+# SQLite's writer statements, built once (they run for every batch). The chain head is
+# locked with a no-op UPDATE rather than `SELECT ... FOR UPDATE`: being the transaction's
+# first statement, it takes SQLite's write lock, so the writer never has to upgrade a
+# read snapshot (which fails instead of waiting).
 _LOCK_HEAD = (
     update(AuditChainHead)
     .where(AuditChainHead.id == _HEAD_ID)
@@ -49,26 +49,79 @@ def _array_of(type_: TypeEngine[Any]) -> ARRAY[Any]:
     return ARRAY(item, dimensions=1)
 
 
-def _append_unnested() -> Update:
-    """PostgreSQL: a whole batch in one statement and one round trip, whatever its size.
+# What a writer supplies; the chain links (`seq`, `prev_hash`, `hash`) come from the head.
+_CONTENT = [name for name in _COLUMNS if name not in {"seq", "prev_hash", "hash"}]
+_TEXT_PARTS = ("before_prev", "before_seq", "after_seq")
 
-    Each column travels as one array parameter (its elements converted by the column's
-    own type, exactly as a single-row insert would), `unnest` turns the arrays back into
-    rows, and the head moves in the same statement (a data-modifying CTE always runs to
-    completion). One cached statement serves every batch size, where a multi-row VALUES
-    would be compiled anew for each.
+
+def _append_chained() -> TextClause:
+    """PostgreSQL: a whole batch chained, stored and committed in one statement.
+
+    The chain head is locked, each record's hash computed from the one before it (a
+    recursive CTE filling the links into its hashed text, see `HashedText`), the
+    records inserted and the head moved, all inside PostgreSQL. Run in autocommit, the
+    head stays locked for the statement and its commit only: no round trip to the
+    writer, and no wait for the writer's event loop, happens while other replicas wait
+    for the head. Each column travels as one array parameter, its elements converted by
+    the column's own type exactly as a single-row insert would.
     """
-    columns = list(AuditRecordRow.__table__.columns)
-    rows = (
-        func.unnest(*(bindparam(c.key, type_=_array_of(c.type)) for c in columns))
-        .table_valued(*(ColumnClause(c.key, c.type) for c in columns))
-        .render_derived()
+    columns = AuditRecordRow.__table__.columns
+    content = ", ".join(_CONTENT)
+    arrays = ", ".join(f":{name}" for name in (*_CONTENT, *_TEXT_PARTS))
+    # Only the model's column names are spliced in; every value is a bound parameter.
+    statement = text(
+        f"""
+        WITH RECURSIVE
+        head AS (
+            SELECT seq, hash FROM audit_chain_head WHERE id = {_HEAD_ID} FOR UPDATE
+        ),
+        batch AS (
+            SELECT * FROM unnest({arrays})
+                WITH ORDINALITY AS b({content}, {", ".join(_TEXT_PARTS)}, n)
+        ),
+        chain (n, seq, prev_hash, hash) AS (
+            SELECT 0::bigint, seq, NULL::varchar, hash::varchar FROM head
+            UNION ALL
+            SELECT b.n, c.seq + 1, c.hash,
+                encode(sha256(convert_to(
+                    b.before_prev || c.hash || b.before_seq || (c.seq + 1) || b.after_seq,
+                    'UTF8')), 'hex')::varchar
+            FROM chain c JOIN batch b ON b.n = c.n + 1
+        ),
+        inserted AS (
+            INSERT INTO audit_records (seq, {content}, prev_hash, hash)
+            SELECT c.seq, {", ".join(f"b.{name}" for name in _CONTENT)}, c.prev_hash, c.hash
+            FROM batch b JOIN chain c ON c.n = b.n
+        ),
+        moved AS (
+            UPDATE audit_chain_head SET seq = last.seq, hash = last.hash
+            FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last
+            WHERE audit_chain_head.id = {_HEAD_ID}
+        )
+        SELECT seq, prev_hash, hash FROM chain WHERE n > 0 ORDER BY n
+        """  # noqa: S608
     )
-    inserted: Insert = insert(AuditRecordRow).from_select(_COLUMNS, select(*rows.c))
-    return _MOVE_HEAD.add_cte(inserted.cte("inserted"))
+    return statement.bindparams(
+        *(bindparam(name, type_=_array_of(columns[name].type)) for name in _CONTENT),
+        *(bindparam(name, type_=ARRAY(Text(), dimensions=1)) for name in _TEXT_PARTS),
+    )
 
 
-_APPEND_UNNESTED = _append_unnested()
+_APPEND_CHAINED = _append_chained()
+
+
+async def append_chained(
+    connection: AsyncConnection, rows: Sequence[Mapping[str, Any]], texts: Sequence[HashedText]
+) -> list[tuple[int, str, str]]:
+    """PostgreSQL: chain `rows` (content columns only) after the head, store them and
+    move the head, in one statement; (seq, prev_hash, hash) of each, in order.
+
+    Atomic by itself: run it in autocommit, where its commit is the statement's."""
+    arrays: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in _CONTENT}
+    for part in _TEXT_PARTS:
+        arrays[part] = [getattr(hashed, part) for hashed in texts]
+    result = await connection.execute(_APPEND_CHAINED, arrays)
+    return [(int(seq), str(prev), str(hash_)) for seq, prev, hash_ in result]
 
 
 async def lock_chain_head(connection: AsyncConnection) -> tuple[int, str]:
@@ -80,16 +133,13 @@ async def lock_chain_head(connection: AsyncConnection) -> tuple[int, str]:
 async def append_records(
     connection: AsyncConnection, rows: Sequence[dict[str, Any]], seq: int, hash_: str
 ) -> None:
-    """Insert chained `rows` and move the locked head to (`seq`, `hash_`), the last of them."""
-    head = {"head_seq": seq, "head_hash": hash_}
-    if connection.dialect.name == "postgresql":
-        arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
-        await connection.execute(_APPEND_UNNESTED, arrays | head)
-        return
-    # SQLite has neither arrays nor data-modifying CTEs; it runs in-process, so the
-    # driver's executemany (one call for the batch) costs no round trips either.
+    """Insert chained `rows` and move the locked head to (`seq`, `hash_`), the last of them.
+
+    SQLite's way (`append_chained` is PostgreSQL's): it runs in-process, so the driver's
+    executemany (one call for the batch) costs no round trips, and the one writer at a
+    time holds the database's write lock anyway."""
     await connection.execute(_INSERT, list(rows))
-    await connection.execute(_MOVE_HEAD, head)
+    await connection.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": hash_})
 
 
 async def read_chain_head(session: AsyncSession) -> tuple[int, str]:

@@ -152,6 +152,17 @@ class Database:
         """
         return await self._run(work, transaction=False)
 
+    async def statement(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`work`'s result, where `work` is one statement that writes: atomic by itself.
+
+        On PostgreSQL it runs in autocommit, so its locks last for the statement alone,
+        never for a round trip back to LKPS. SQLite commits writes only in a
+        transaction, so there it gets one. Run again, once, on a dead connection: give
+        the statement something unique (a record id) if it must not apply twice, since
+        a connection can die after the server committed.
+        """
+        return await self._run(work, transaction=self.dialect == "sqlite")
+
     async def transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`work`'s result, its statements committed together in one transaction.
 
