@@ -83,8 +83,8 @@ def test_serve_runs_the_service(
         )
         assert "lkps_audit_write_seconds_bucket" in metrics
         assert "/api/session/start" not in httpx.get(f"{base}/metrics").text  # not on the API port
-    # uvicorn finishes in-flight work on SIGTERM, then re-raises the signal.
-    assert process.returncode in (0, -15)
+    # A graceful stop on SIGTERM (one worker: uvicorn in this process) exits 0.
+    assert process.returncode == 0
     assert "Application shutdown complete" in process_output(tmp_path)
     lines = [
         json.loads(line) for line in process_output(tmp_path).splitlines() if line.startswith("{")
