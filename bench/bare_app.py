@@ -8,6 +8,14 @@ answers the same JSON shape on the same path, so the load generators drive both
 servers with the same requests.
 
     uvicorn bare_app:app --app-dir bench --workers 2
+
+`durable_app` is the same endpoint plus the least database work a token server that
+fails closed must do, written as directly as asyncpg allows: per request one indexed
+read (is the agent registered? LKPS's presence table) and one insert committed before
+the answer (a plain table, autocommit, no hash chain, no batching). It is the yardstick
+for what LKPS's own work costs beyond what any durable token server pays.
+
+    BARE_DATABASE_URL=postgresql://... uvicorn bare_app:durable_app --app-dir bench
 """
 
 from __future__ import annotations
@@ -16,9 +24,12 @@ import json
 import os
 import secrets
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from livekit.api import AccessToken, VideoGrants
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.room import RoomConfiguration
@@ -80,6 +91,49 @@ async def start(request: Request) -> JSONResponse:
     )
 
 
+_POOL: asyncpg.Pool | None = None
+_PRESENT = (
+    "SELECT 1 FROM agent_registrations WHERE agent_id = $1 AND ended_at IS NULL"
+    " AND expires_at > now() LIMIT 1"
+)
+_RECORD = "INSERT INTO bare_audit (record_id, occurred_at, room_name) VALUES ($1, $2, $3)"
+
+
+async def start_durably(request: Request) -> JSONResponse:
+    assert _POOL is not None
+    body = json.loads(await request.body())
+    agent_id = str(uuid.UUID(body["agent_entra_app_id"]))
+    async with _POOL.acquire() as connection:
+        if await connection.fetchval(_PRESENT, agent_id) is None:
+            return JSONResponse({"error": "agent_not_connected"}, status_code=404)
+        room, jwt, expires_at = mint(agent_id, body.get("metadata"))
+        session_id = uuid.uuid4()
+        await connection.execute(_RECORD, session_id, datetime.now(UTC), room)
+    return JSONResponse(
+        {
+            "room_name": room,
+            "livekit_url": LIVEKIT_URL,
+            "participant_token": jwt,
+            "session_id": str(session_id),
+            "expires_at": expires_at.isoformat(),
+        }
+    )
+
+
+@asynccontextmanager
+async def database(_: Starlette) -> AsyncIterator[None]:
+    global _POOL
+    _POOL = await asyncpg.create_pool(os.environ["BARE_DATABASE_URL"], min_size=20, max_size=20)
+    await _POOL.execute(
+        "CREATE TABLE IF NOT EXISTS bare_audit (record_id uuid PRIMARY KEY,"
+        " occurred_at timestamptz NOT NULL, room_name text NOT NULL)"
+    )
+    try:
+        yield
+    finally:
+        await _POOL.close()
+
+
 async def ready(_: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
@@ -89,4 +143,12 @@ app = Starlette(
         Route("/api/session/start", start, methods=["POST"]),
         Route("/api/health/ready", ready),
     ]
+)
+
+durable_app = Starlette(
+    routes=[
+        Route("/api/session/start", start_durably, methods=["POST"]),
+        Route("/api/health/ready", ready),
+    ],
+    lifespan=database,
 )

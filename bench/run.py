@@ -298,7 +298,7 @@ class AgentKeeper:
 @dataclass
 class ServerSpec:
     name: str
-    kind: str  # "lkps" or "bare"
+    kind: str  # "lkps", "bare" or "bare-durable"
     argv: list[str]
     env: dict[str, str]
     port: int
@@ -422,6 +422,16 @@ def bare_uvicorn(workers: int, name: str = "bare-uvicorn") -> ServerSpec:
     argv = bench_uvicorn("bare_app:app", port, workers)
     env = clean_env() | {"BARE_LIVEKIT_API_SECRET": secrets.token_urlsafe(36)}
     return ServerSpec(name, "bare", argv, env, port)
+
+
+def bare_durable_uvicorn(workers: int, database: str) -> ServerSpec:
+    port = free_port()
+    argv = bench_uvicorn("bare_app:durable_app", port, workers)
+    env = clean_env() | {
+        "BARE_LIVEKIT_API_SECRET": secrets.token_urlsafe(36),
+        "BARE_DATABASE_URL": f"postgresql://{PG_USER}:{PG_PASSWORD}@{PG_HOST}:{PG_PORT}/{database}",
+    }
+    return ServerSpec("bare-durable-uvicorn", "bare-durable", argv, env, port)
 
 
 def wait_ready(spec: ServerSpec, proc: subprocess.Popen[Any], timeout: float = 120) -> None:
@@ -955,6 +965,7 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
 
     lkps = first(lambda r: r["server"] == "lkps-uvicorn" and r["label"] == "empty store")
     bare = first(lambda r: r["kind"] == "bare")
+    durable = first(lambda r: r["kind"] == "bare-durable")
     large = first(lambda r: r["label"] == "large store")
     lines: list[str] = []
 
@@ -967,6 +978,14 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
             f"LKPS / bare throughput = {lkps['full_speed']['throughput_rps']:,.0f} / "
             f"{bare['full_speed']['throughput_rps']:,.0f} = {ratio:.2f} "
             f"(target >= {TARGETS['ratio']}): {mark(ratio >= TARGETS['ratio'])}"
+        )
+    if lkps and durable:
+        ratio = lkps["full_speed"]["throughput_rps"] / durable["full_speed"]["throughput_rps"]
+        lines.append(
+            f"LKPS / bare + durable (one read, one committed insert per request) = "
+            f"{lkps['full_speed']['throughput_rps']:,.0f} / "
+            f"{durable['full_speed']['throughput_rps']:,.0f} = {ratio:.2f} (no target; the yardstick"
+            f" proposed for the ratio)"
         )
     if lkps:
         rps = lkps["full_speed"]["throughput_rps"]
@@ -1171,6 +1190,12 @@ def main() -> int:
             )
             if not args.no_bare:
                 measure_server(ctx, bare_uvicorn(args.workers), label="bare", paced_repeats=1)
+                measure_server(
+                    ctx,
+                    bare_durable_uvicorn(args.workers, database),
+                    label="bare + durable",
+                    paced_repeats=1,
+                )
             if args.granian:
                 measure_server(
                     ctx,
