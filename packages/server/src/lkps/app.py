@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 from fastapi import FastAPI
@@ -44,7 +45,8 @@ def create_app(
             authorization_source=authorization_source,
         ) as services:
             app.state.services = services
-            yield
+            with settled_heap():
+                yield
 
     app = FastAPI(
         title="LiveKit Platform Service",
@@ -67,6 +69,26 @@ def create_app(
     for path, mounted in (mounts or {}).items():
         app.mount(path, mounted)
     return app
+
+
+@contextmanager
+def settled_heap() -> Iterator[None]:
+    """Take what start-up built (modules, routes, models, pools) out of the cyclic
+    garbage collector's view, once the service is ready to serve.
+
+    Each request leaves garbage that triggers collections, and now and then a full one,
+    which walked every long-lived object of the process (~150 MB here): measured, that
+    was 13% of a session start's CPU and the whole of the p99 at full speed (163 ms,
+    49 ms without). Frozen objects are still freed by reference counting; cycles among
+    them (start-up's own garbage included) wait until shutdown hands everything back,
+    which matters to a process that starts and stops many applications (tests). Both
+    steps are O(1): no collection runs here.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def native_telemetry(environ: Mapping[str, str]) -> TelemetryConfig:
