@@ -979,7 +979,11 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
             f"{bare['full_speed']['throughput_rps']:,.0f} = {ratio:.2f} "
             f"(target >= {TARGETS['ratio']}): {mark(ratio >= TARGETS['ratio'])}"
         )
-    if lkps and durable:
+    if lkps and durable and durable["full_speed"]["non_2xx"]:
+        lines.append(
+            f"bare + durable answered {durable['full_speed']['non_2xx']:,} non-2xx: no ratio"
+        )
+    elif lkps and durable:
         ratio = lkps["full_speed"]["throughput_rps"] / durable["full_speed"]["throughput_rps"]
         lines.append(
             f"LKPS / bare + durable (one read, one committed insert per request) = "
