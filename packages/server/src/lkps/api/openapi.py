@@ -54,14 +54,38 @@ _VALIDATION_STATUS = "422"
 _VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
+# Where pydantic's JSON Schema puts the models a body nests.
+_DEFS = "#/$defs/"
+
 
 def json_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": required,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": _inlined(model.model_json_schema())}},
         }
     }
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with its nested models written out where they are used: pydantic refers
+    to them under the schema's own `$defs`, which a `$ref` inside an OpenAPI document
+    resolves against the document instead. (No request body is recursive.)"""
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_DEFS):
+            siblings = {key: value for key, value in node.items() if key != "$ref"}
+            node = definitions[ref.removeprefix(_DEFS)] | siblings
+        return {key: inline(value) for key, value in node.items()}
+
+    result: dict[str, Any] = inline(schema)
+    return result
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 
 from lkps.authorization.overrides import MAX_ADDITIONAL_CLIENTS
 from lkps.sessions.metadata import MAX_KEYS, check_metadata
@@ -164,16 +176,178 @@ class ChainReport(BaseModel):
     problem: str | None
 
 
-class TokenSourceRequest(BaseModel):
-    """LiveKit's `TokenSourceRequest`, as its client SDKs send it (snake_case JSON)."""
+# LiveKit's standard token endpoint (`POST /api/session/token`). LKPS chooses the room,
+# the participant and the room configuration; all a client names is the agent, in
+# `room_config.agents[0]`. Each rule is stated twice, side by side: as the JSON Schema
+# keyword the document shows, and as the validator that refuses what the keyword excludes
+# with a message saying why (pydantic's own would say "at most 0 characters", or name the
+# dispatch `room_config.agents.0`). The fuzzer holds the two to each other.
 
-    room_name: str | None = None
-    participant_identity: str | None = None
-    participant_name: str | None = None
-    participant_metadata: str | None = None
-    participant_attributes: dict[str, str] | None = None
-    room_config: dict[str, Any] | None = Field(
-        default=None, description="Only `agents: [{agent_name, metadata}]` may be given"
+_AGENTS = "room_config.agents"
+_DISPATCH = f"{_AGENTS}[0]"
+# The text form `format: uuid` means (RFC 9562): what `agent_name` must be, exactly.
+# `uuid.UUID` alone would also take braces, a `urn:uuid:` prefix or no hyphens.
+_UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+def _left_to_lkps(value: str | None, info: ValidationInfo) -> str | None:
+    if value:
+        raise ValueError(f'"{info.field_name}" is chosen by LKPS and cannot be requested')
+    return value
+
+
+def _no_attributes(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value:
+        raise ValueError('"participant_attributes" cannot be requested')
+    return value
+
+
+def _exactly_one_agent(value: Any) -> Any:
+    if not isinstance(value, list) or len(value) != 1:
+        raise ValueError(f'"{_AGENTS}" must name exactly one agent')
+    return value
+
+
+def _agent_app_id(value: Any) -> Any:
+    if not isinstance(value, str) or re.fullmatch(_UUID_PATTERN, value) is None:
+        raise ValueError(f'"{_DISPATCH}.agent_name" must be the agent\'s app id (a UUID)')
+    return value
+
+
+def _metadata_object(value: Any) -> dict[str, Any] | None:
+    """LiveKit carries dispatch metadata as a string; LKPS takes the JSON object
+    `/api/session/start` takes, in that string (empty: none), within the same limits."""
+    if value is None or value == "":
+        return None
+    field = f"{_DISPATCH}.metadata"
+    refusal = f'"{field}" must be a JSON object, as a string'
+    if not isinstance(value, str):
+        raise ValueError(refusal)
+    try:
+        metadata = json.loads(value, parse_constant=_not_json)
+    except (ValueError, RecursionError):  # RecursionError: nested beyond the parser
+        raise ValueError(refusal) from None
+    if not isinstance(metadata, dict):
+        raise ValueError(refusal)
+    return check_metadata(metadata, field=field)
+
+
+def _not_json(name: str) -> Any:
+    """NaN and Infinity, which Python's parser would take."""
+    raise ValueError(f"{name} is not JSON")
+
+
+ChosenByLkps = Annotated[
+    str | None,
+    AfterValidator(_left_to_lkps),
+    Field(description="Chosen by LKPS: absent, null or empty", json_schema_extra={"maxLength": 0}),
+]
+
+
+class _DeclaredKeysOnly(BaseModel):
+    """A JSON object of its declared keys only (`additionalProperties: false`). A key it
+    does not declare, or a required one missing, is refused by its whole path as LiveKit
+    writes it (`room_config.agents[0].agent_name`), saying why, where pydantic would say
+    "Extra inputs are not permitted" of `room_config.agents.0.agent_name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    PATH: ClassVar[str]
+    UNDECLARED: ClassVar[str] = "cannot be requested"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _declared_keys_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(f'"{cls.PATH}" must be a JSON object')
+        for key in data:
+            if key not in cls.model_fields:
+                raise ValueError(f'"{cls.PATH}.{key}" {cls.UNDECLARED}')
+        for name, field in cls.model_fields.items():
+            if field.is_required() and name not in data:
+                raise ValueError(f'"{cls.PATH}.{name}" is required')
+        return data
+
+
+class AgentDispatchRequest(_DeclaredKeysOnly):
+    """`room_config.agents[0]`: the agent, and what it gets as its dispatch metadata."""
+
+    PATH = _DISPATCH
+    UNDECLARED = 'cannot be requested (a dispatch takes "agent_name" and "metadata")'
+
+    agent_name: Annotated[
+        uuid.UUID,
+        BeforeValidator(_agent_app_id),
+        Field(
+            description="The agent's Entra application (client) id",
+            json_schema_extra={"pattern": _UUID_PATTERN},
+        ),
+    ]
+    # Read as the object it holds; the document shows the string LiveKit sends. That the
+    # string holds a JSON object of at most 50 keys is an annotation (`contentSchema`):
+    # JSON Schema cannot require it of a string, nor the size and depth limits.
+    metadata: Annotated[
+        dict[str, Any] | None,
+        BeforeValidator(_metadata_object),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"type": "object", "maxProperties": MAX_KEYS},
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+        Field(
+            description=(
+                "Forwarded to the agent: a JSON object as a string (at most 50 keys, 10 KB); "
+                "empty or null: none"
+            )
+        ),
+    ] = None
+
+
+class RoomConfigRequest(_DeclaredKeysOnly):
+    """LiveKit's `RoomConfiguration`, of which a client may give only the one agent."""
+
+    PATH = "room_config"
+    UNDECLARED = "is chosen by LKPS and cannot be requested"
+
+    agents: Annotated[
+        list[AgentDispatchRequest],
+        Field(min_length=1, max_length=1),
+        BeforeValidator(_exactly_one_agent),
+    ]
+
+
+# Only snake_case inside `room_config`, and no field given at its default value: protobuf
+# JSON would also take `agentName` or `"max_participants": 0`, but a schema admitting every
+# such spelling of every RoomConfiguration field would be long and follow each LiveKit
+# release. The SDKs never send them (JS: `toJsonString({useProtoFieldName: true})`,
+# Android: snake_case without nulls), so they are refused like any field LKPS chooses.
+class TokenSourceRequest(BaseModel):
+    """LiveKit's `TokenSourceRequest`, as its client SDKs send it (snake_case JSON, fields
+    at their default value left out). LKPS chooses the room, the participant and the room
+    configuration: name the agent in `room_config.agents[0].agent_name`, nothing else
+    (`agentName`, or a room setting at its default value, is refused too). Other top-level
+    keys are ignored."""
+
+    room_name: ChosenByLkps = None
+    participant_identity: ChosenByLkps = None
+    participant_name: ChosenByLkps = None
+    participant_metadata: ChosenByLkps = None
+    participant_attributes: Annotated[
+        dict[str, str] | None,
+        AfterValidator(_no_attributes),
+        Field(
+            description="Chosen by LKPS: absent, null or {}", json_schema_extra={"maxProperties": 0}
+        ),
+    ] = None
+    room_config: RoomConfigRequest = Field(
+        description="Names the agent; LKPS chooses the rest of the room configuration"
     )
 
 

@@ -7,15 +7,12 @@ Both run the same audited flow; only how the request is read differs.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
-from google.protobuf.json_format import ParseDict, ParseError
-from livekit.protocol.room import RoomConfiguration
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -29,11 +26,10 @@ from lkps.api.schemas import (
     TokenSourceResponse,
 )
 from lkps.audit import AuditEvent, RequestContext
-from lkps.errors import BadRequest
 from lkps.limits.limiter import Limit
 from lkps.services import Services
 from lkps.sessions import StartedSession
-from lkps.sessions.metadata import check_metadata, dispatch_metadata
+from lkps.sessions.metadata import dispatch_metadata
 
 router = APIRouter(prefix="/api/session", tags=["sessions"])
 
@@ -114,66 +110,16 @@ async def start_session(
 
 # LiveKit's standardized token endpoint.
 
-_CHOSEN_BY_LKPS = ("room_name", "participant_identity", "participant_name", "participant_metadata")
-_AGENTS = "room_config.agents"
-
 
 async def read_token_request(request: Request, services: Services) -> WantedSession:
+    """`room_config.agents[0]`, the one thing a client names. `TokenSourceRequest`
+    refuses everything LKPS chooses (and every other spelling of it), so that the document
+    generated from it says exactly what is accepted."""
     body = await read_json_body(
-        request, TokenSourceRequest, max_bytes=services.settings.max_body_bytes, required=False
+        request, TokenSourceRequest, max_bytes=services.settings.max_body_bytes
     )
-    for field in _CHOSEN_BY_LKPS:
-        if getattr(body, field):
-            raise BadRequest(f'"{field}" is chosen by LKPS and cannot be requested')
-    if body.participant_attributes:
-        raise BadRequest('"participant_attributes" cannot be requested')
-    config = _room_config(body.room_config)
-    unexpected = [f.name for f, _ in config.ListFields() if f.name != "agents"]
-    if unexpected:
-        raise BadRequest(f'"room_config.{unexpected[0]}" is chosen by LKPS and cannot be requested')
-    if len(config.agents) != 1:
-        raise BadRequest(f'"{_AGENTS}" must name exactly one agent')
-    dispatch = config.agents[0]
-    unexpected = [
-        f.name for f, _ in dispatch.ListFields() if f.name not in {"agent_name", "metadata"}
-    ]
-    if unexpected:
-        raise BadRequest(f'"{_AGENTS}[0].{unexpected[0]}" cannot be requested')
-    if not dispatch.agent_name:
-        raise BadRequest(f'"{_AGENTS}[0].agent_name" is required')
-    try:
-        agent_id = uuid.UUID(dispatch.agent_name)
-    except ValueError:
-        raise BadRequest(
-            f'"{_AGENTS}[0].agent_name" must be the agent\'s app id (a UUID)'
-        ) from None
-    return WantedSession(agent_id, _dispatch_metadata(dispatch.metadata))
-
-
-def _room_config(document: dict[str, Any] | None) -> RoomConfiguration:
-    if document is None:
-        raise BadRequest(f'"{_AGENTS}[0].agent_name" is required')
-    try:
-        return ParseDict(document, RoomConfiguration())
-    except (ParseError, TypeError, ValueError) as exc:
-        raise BadRequest(f'"room_config" is not a LiveKit room configuration: {exc}') from None
-
-
-def _dispatch_metadata(text: str) -> dict[str, Any] | None:
-    """The agent metadata as a JSON object within the session-start limits."""
-    if not text:
-        return None
-    field = f"{_AGENTS}[0].metadata"
-    try:
-        metadata = json.loads(text)
-    except (ValueError, RecursionError):
-        raise BadRequest(f'"{field}" must be a JSON object, as a string') from None
-    if not isinstance(metadata, dict):
-        raise BadRequest(f'"{field}" must be a JSON object, as a string')
-    try:
-        return check_metadata(metadata, field=field)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+    (dispatch,) = body.room_config.agents
+    return WantedSession(dispatch.agent_name, dispatch.metadata)
 
 
 @router.post(
