@@ -18,7 +18,9 @@ What it does:
    --connections over --threads, --duration seconds), then bench/paced.py at a fixed
    --rate (open loop, latency from each request's due time).
 5. The same against bench/bare_app.py (the same participant token, nothing else) under
-   uvicorn with the same worker count, and LKPS ÷ bare.
+   uvicorn with the same worker count, and LKPS ÷ bare; then against its `durable_app`
+   (the same token plus one indexed read and one committed insert per request), and
+   LKPS ÷ bare + durable.
 6. Options: --granian (LKPS's ASGI factory under granian instead of uvicorn), --redis
    (rate limits through Redis), --profile (py-spy on LKPS's workers during the full-speed
    run), --large-store (bulk-load 1,000,000 audit rows and 10,000 agents, then measure
