@@ -974,25 +974,21 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
     def mark(ok: bool) -> str:
         return "MET" if ok else "MISSED"
 
+    def ratio_line(yardstick: dict[str, Any], name: str, target: str) -> str:
+        ours, theirs = (r["full_speed"]["throughput_rps"] for r in (lkps, yardstick))
+        if yardstick["full_speed"]["non_2xx"]:
+            return f"{name} answered {yardstick['full_speed']['non_2xx']:,} non-2xx: no ratio"
+        return (
+            f"LKPS / {name} throughput = {ours:,.0f} / {theirs:,.0f} = {ours / theirs:.2f} {target}"
+        )
+
     if lkps and bare:
         ratio = lkps["full_speed"]["throughput_rps"] / bare["full_speed"]["throughput_rps"]
-        lines.append(
-            f"LKPS / bare throughput = {lkps['full_speed']['throughput_rps']:,.0f} / "
-            f"{bare['full_speed']['throughput_rps']:,.0f} = {ratio:.2f} "
-            f"(target >= {TARGETS['ratio']}): {mark(ratio >= TARGETS['ratio'])}"
-        )
-    if lkps and durable and durable["full_speed"]["non_2xx"]:
-        lines.append(
-            f"bare + durable answered {durable['full_speed']['non_2xx']:,} non-2xx: no ratio"
-        )
-    elif lkps and durable:
-        ratio = lkps["full_speed"]["throughput_rps"] / durable["full_speed"]["throughput_rps"]
-        lines.append(
-            f"LKPS / bare + durable (one read, one committed insert per request) = "
-            f"{lkps['full_speed']['throughput_rps']:,.0f} / "
-            f"{durable['full_speed']['throughput_rps']:,.0f} = {ratio:.2f} (no target; the yardstick"
-            f" proposed for the ratio)"
-        )
+        target = f"(target >= {TARGETS['ratio']}): {mark(ratio >= TARGETS['ratio'])}"
+        lines.append(ratio_line(bare, "bare", target))
+    if lkps and durable:
+        note = "(one read, one committed insert per request; the yardstick proposed instead)"
+        lines.append(ratio_line(durable, "bare + durable", note))
     if lkps:
         rps = lkps["full_speed"]["throughput_rps"]
         lines.append(
