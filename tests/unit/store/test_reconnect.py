@@ -16,8 +16,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -84,6 +85,32 @@ async def test_a_read_on_a_connection_nobody_knows_is_dead_is_retried(
     with caplog.at_level(logging.INFO, logger="lkps.store.engine"):
         assert not await fill_pool(db, 3) & before
     assert RETRIED not in caplog.text
+
+
+async def test_a_driver_read_on_a_connection_nobody_knows_is_dead_is_retried(
+    db: Database, database: TestDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`first_row` runs its statement on asyncpg itself (SQLAlchemy never sees it fail),
+    so it drops the dead connection and tries once more on its own."""
+    before = await fill_pool(db, 3)
+    assert terminate_backends(database) >= 3
+    with caplog.at_level(logging.INFO, logger="lkps.store.engine"):
+        row = await db.first_row(select(func.pg_backend_pid()), {})
+    assert row is not None and row[0] not in before
+    assert RETRIED in caplog.text
+
+
+async def test_a_driver_read_fails_closed_when_every_attempt_meets_a_dead_connection(
+    db: Database, database: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await fill_pool(db, 2)
+
+    async def dead(*_: object) -> None:
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+
+    monkeypatch.setattr(asyncpg.Connection, "fetchrow", dead)
+    with pytest.raises(StoreUnavailable):
+        await db.first_row(select(func.pg_backend_pid()), {})
 
 
 async def test_a_transaction_that_failed_on_a_dead_connection_is_retried_once(

@@ -143,9 +143,7 @@ class AgentRegistry:
         """Asked of the store on every call, never cached: a deregistration or an
         override committed by any replica counts from the next session start on."""
         now = self._clock.now()
-        facts = await self._db.read(
-            lambda connection: queries.present_agent(connection, agent_id, now)
-        )
+        facts = await queries.present_agent(self._db, agent_id, now)
         if facts is None:
             return None
         return AgentPresence(

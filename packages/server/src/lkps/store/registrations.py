@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, exists, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from lkps.store.engine import Database
 from lkps.store.models import AgentRow, AuthorizationOverrideRow, RegistrationRow
 from lkps.store.overrides import decode_clients
 from lkps.store.upsert import upsert
@@ -185,15 +186,12 @@ _PRESENT_AGENT = (
 )
 
 
-async def present_agent(
-    connection: AsyncConnection, agent_id: str, now: datetime
-) -> AgentFacts | None:
+async def present_agent(db: Database, agent_id: str, now: datetime) -> AgentFacts | None:
     """The agent, with any operator override, if at least one registration is live and
     its worker connected.
 
     One statement, read-only: this runs on every session start."""
-    result = await connection.execute(_PRESENT_AGENT, {"agent_id": agent_id, "now": now})
-    row = result.first()
+    row = await db.first_row(_PRESENT_AGENT, {"agent_id": agent_id, "now": now})
     if row is None:
         return None
     return AgentFacts(bool(row[0]), row[1], row[2], decode_clients(row[3]))
