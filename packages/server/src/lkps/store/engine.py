@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import Select, event, text
@@ -32,7 +32,7 @@ from lkps.errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-AnySelect = Select[Unpack[tuple[Any, ...]]]
+AnySelect = Select[*tuple[Any, ...]]
 
 UNAVAILABLE_MESSAGE = "The service is temporarily unavailable; retry shortly"
 
