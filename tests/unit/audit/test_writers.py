@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, AuditRecord, AuditUnavailable, Outcome
 from lkps.store import Database
@@ -211,3 +212,29 @@ async def test_a_hash_the_store_computed_differently_fails_the_batch(
     finally:
         await audit.stop()
     assert "hashed audit record 1 differently" in caplog.text
+
+
+@pytest.mark.backends("postgresql")
+async def test_one_chain_where_the_database_defaults_to_serializable(
+    database: TestDatabase, store_sql: StoreSql
+) -> None:
+    """The chain head relies on READ COMMITTED (a writer waiting for the head's lock
+    reads the head its predecessor committed). A database whose operators made
+    SERIALIZABLE the default would turn every such wait into a serialization failure,
+    a 503; LKPS's sessions ask for READ COMMITTED whatever the default."""
+    name = make_url(database.url).database
+    await store_sql.execute(
+        f"ALTER DATABASE {name} SET default_transaction_isolation TO 'serializable'"
+    )
+    replicas = [Database.from_url(database.url, pool_size=2) for _ in range(4)]
+    try:
+        written = await asyncio.gather(*(append_all(replica, 40) for replica in replicas))
+    finally:
+        for replica in replicas:
+            await replica.dispose()
+    assert await store_sql.scalar("SHOW default_transaction_isolation") == "serializable"
+    db = Database.from_url(database.url, pool_size=1)
+    try:
+        await assert_one_chain(db, {record.record_id for records in written for record in records})
+    finally:
+        await db.dispose()

@@ -98,7 +98,13 @@ def create_engine(url: str, *, timeout: float = 5.0, pool_size: int = 20) -> Asy
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=timeout,
-        connect_args={"timeout": timeout, "command_timeout": timeout},
+        connect_args={
+            "timeout": timeout,
+            "command_timeout": timeout,
+            # Whatever the server's default: the audit chain head (a writer waiting for
+            # its lock reads what its predecessor committed) and the upserts rely on it.
+            "server_settings": {"default_transaction_isolation": "read committed"},
+        },
     )
     event.listen(engine.sync_engine, "checkout", _refuse_closed)
     return engine
