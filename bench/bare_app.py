@@ -77,18 +77,23 @@ def mint(agent_id: str, metadata: dict[str, Any] | None) -> tuple[str, str, date
     return room, token.to_jwt(), now + TTL
 
 
-async def start(request: Request) -> JSONResponse:
-    body = json.loads(await request.body())
-    room, jwt, expires_at = mint(str(uuid.UUID(body["agent_entra_app_id"])), body.get("metadata"))
+def started(room: str, jwt: str, session_id: uuid.UUID, expires_at: datetime) -> JSONResponse:
+    """LKPS's session-start answer, in the same shape."""
     return JSONResponse(
         {
             "room_name": room,
             "livekit_url": LIVEKIT_URL,
             "participant_token": jwt,
-            "session_id": str(uuid.uuid4()),
+            "session_id": str(session_id),
             "expires_at": expires_at.isoformat(),
         }
     )
+
+
+async def start(request: Request) -> JSONResponse:
+    body = json.loads(await request.body())
+    room, jwt, expires_at = mint(str(uuid.UUID(body["agent_entra_app_id"])), body.get("metadata"))
+    return started(room, jwt, uuid.uuid4(), expires_at)
 
 
 _POOL: asyncpg.Pool | None = None
@@ -108,15 +113,7 @@ async def start_durably(request: Request) -> JSONResponse:
         room, jwt, expires_at = mint(agent_id, body.get("metadata"))
         session_id = uuid.uuid4()
         await connection.execute(_RECORD, session_id, datetime.now(UTC), room)
-    return JSONResponse(
-        {
-            "room_name": room,
-            "livekit_url": LIVEKIT_URL,
-            "participant_token": jwt,
-            "session_id": str(session_id),
-            "expires_at": expires_at.isoformat(),
-        }
-    )
+    return started(room, jwt, session_id, expires_at)
 
 
 @asynccontextmanager

@@ -54,29 +54,45 @@ def identities(entra: EntraDouble) -> Identities:
     return Identities(entra)
 
 
+# Both agents pre-authorize CLIENT_A.
+BOTH_AGENTS = {AGENT: [CLIENT_A], AGENT_2: [CLIENT_A]}
+
+
+def replica_environment(
+    entra: EntraDouble,
+    entra_server: ServerThread,
+    database_url: str,
+    authz_file: Path,
+    **overrides: str,
+) -> dict[str, str]:
+    """One replica's environment, on a port of its own, trusting `entra`."""
+    return serve_environment(
+        tenant_id=entra.tenant_id,
+        audience=API_AUDIENCE,
+        jwks_url=entra.jwks_url(entra_server.url),
+        database_url=database_url,
+        livekit_key=LIVEKIT_KEY,
+        livekit_secret=LIVEKIT_SECRET,
+        authz_file=authz_file,
+        **overrides,
+    )
+
+
 @pytest.fixture
 def both_agents_authz(tmp_path: Path) -> Path:
-    """AGENT and AGENT_2 both pre-authorize CLIENT_A."""
     path = tmp_path / "authz-faults.json"
-    write_authorization_file(path, {AGENT: [CLIENT_A], AGENT_2: [CLIENT_A]})
+    write_authorization_file(path, BOTH_AGENTS)
     return path
 
 
 @pytest.fixture
 def lkps_env(entra: EntraDouble, entra_server: ServerThread, both_agents_authz: Path) -> EnvFactory:
-    """`lkps_env(database_url, LKPS_X=...)`: one replica's environment, on a port of its
-    own, trusting the session's Entra double."""
+    """`lkps_env(database_url, LKPS_X=...)`: one replica's environment (see
+    `replica_environment`), with `BOTH_AGENTS` authorized."""
 
     def make(database_url: str, **overrides: str) -> dict[str, str]:
-        return serve_environment(
-            tenant_id=entra.tenant_id,
-            audience=API_AUDIENCE,
-            jwks_url=entra.jwks_url(entra_server.url),
-            database_url=database_url,
-            livekit_key=LIVEKIT_KEY,
-            livekit_secret=LIVEKIT_SECRET,
-            authz_file=both_agents_authz,
-            **overrides,
+        return replica_environment(
+            entra, entra_server, database_url, both_agents_authz, **overrides
         )
 
     return make

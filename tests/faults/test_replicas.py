@@ -25,12 +25,9 @@ from tests.backends import PostgresServer
 from tests.conftest import (
     AGENT,
     AGENT_2,
-    API_AUDIENCE,
-    CLIENT_A,
-    LIVEKIT_KEY,
     LIVEKIT_SECRET,
 )
-from tests.faults.conftest import Identities
+from tests.faults.conftest import BOTH_AGENTS, Identities, replica_environment
 from tests.faults.logs import assert_clean, check_logs
 from tests.faults.traffic import (
     DEREGISTER,
@@ -46,7 +43,7 @@ from tests.faults.traffic import (
     records_nobody_saw,
     spread,
 )
-from tests.processes import Replica, replicas, run_lkps, serve_environment
+from tests.processes import Replica, replicas, run_lkps
 
 pytestmark = pytest.mark.e2e
 
@@ -90,22 +87,12 @@ def _fleet(
     """Replicas r1, r2 (two worker processes) and r3 on a fresh database."""
     workdir = tmp_path_factory.mktemp("fleet")
     authz = workdir / "authz.json"
-    write_authorization_file(authz, {AGENT: [CLIENT_A], AGENT_2: [CLIENT_A]})
+    write_authorization_file(authz, BOTH_AGENTS)
     name = postgres.take_database()
     url = postgres.url_of(name)
-    entra = _entra_session
 
     def env(**overrides: str) -> dict[str, str]:
-        return serve_environment(
-            tenant_id=entra.tenant_id,
-            audience=API_AUDIENCE,
-            jwks_url=entra.jwks_url(entra_server.url),
-            database_url=url,
-            livekit_key=LIVEKIT_KEY,
-            livekit_secret=LIVEKIT_SECRET,
-            authz_file=authz,
-            **overrides,
-        )
+        return replica_environment(_entra_session, entra_server, url, authz, **overrides)
 
     envs = {"r1": env(), "r2": env(LKPS_WORKERS="2"), "r3": env()}
     try:

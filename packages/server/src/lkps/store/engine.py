@@ -211,43 +211,16 @@ class Database:
     ) -> tuple[Any, ...] | None:
         """The first row of one read-only statement, without a transaction.
 
-        On PostgreSQL the statement runs on the pooled connection's asyncpg driver (see
-        `DriverQuery`); elsewhere through `read()`. Run again, once, when the
-        connection turns out to be dead, like `read()`.
+        Through `read()` either way (run again, once, on a dead connection); on
+        PostgreSQL the statement runs on the pooled connection's asyncpg driver (see
+        `DriverQuery`).
         """
         if self.dialect != "postgresql":
-            row = await self.read(lambda connection: _first(connection, statement, parameters))
-            return None if row is None else tuple(row)
+            return await self.read(lambda connection: _first(connection, statement, parameters))
         query = self._driver_queries.get(statement)
         if query is None:
             query = self._driver_queries[statement] = DriverQuery(statement, self.engine.dialect)
-        try:
-            try:
-                return await self._first_on_driver(query, parameters)
-            except _DeadConnection:
-                log.info("pooled connection was dead; retrying on a fresh one")
-                return await self._first_on_driver(query, parameters)
-        except _DeadConnection as exc:
-            raise _unavailable(exc.__cause__ or exc) from exc
-        except (SQLAlchemyError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
-            raise _unavailable(exc) from exc
-
-    async def _first_on_driver(
-        self, query: DriverQuery, parameters: Mapping[str, Any]
-    ) -> tuple[Any, ...] | None:
-        async with self._reads.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            assert driver is not None
-            try:
-                record = await driver.fetchrow(query.sql, *query.arguments(parameters))
-            except (*_CONNECTION_LOST, TimeoutError) as exc:
-                # Not SQLAlchemy's statement, so it cannot tell the pool: drop this
-                # connection (a timed-out one too: its state is unknown).
-                await connection.invalidate()
-                if isinstance(exc, TimeoutError):
-                    raise
-                raise _DeadConnection from exc
-        return None if record is None else query.row(record)
+        return await self.read(lambda connection: _first_on_driver(connection, query, parameters))
 
     async def statement(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`work`'s result, where `work` is one statement that writes: atomic by itself.
@@ -280,7 +253,8 @@ class Database:
                 return await self._attempt(work, transaction=transaction)
         except _DeadConnection as exc:
             raise _unavailable(exc.__cause__ or exc) from exc
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except (SQLAlchemyError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            # asyncpg's own errors come only from statements run on the driver itself.
             raise _unavailable(exc) from exc
 
     async def _attempt(
@@ -307,8 +281,26 @@ class Database:
 
 async def _first(
     connection: AsyncConnection, statement: AnySelect, parameters: Mapping[str, Any]
-) -> Any:
-    return (await connection.execute(statement, dict(parameters))).first()
+) -> tuple[Any, ...] | None:
+    row = (await connection.execute(statement, dict(parameters))).first()
+    return None if row is None else tuple(row)
+
+
+async def _first_on_driver(
+    connection: AsyncConnection, query: DriverQuery, parameters: Mapping[str, Any]
+) -> tuple[Any, ...] | None:
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    try:
+        record = await driver.fetchrow(query.sql, *query.arguments(parameters))
+    except (*_CONNECTION_LOST, TimeoutError) as exc:
+        # Not SQLAlchemy's statement, so it cannot tell the pool: drop this connection
+        # (a timed-out one too: its state is unknown), and let `Database.read()` retry.
+        await connection.invalidate()
+        if isinstance(exc, TimeoutError):
+            raise
+        raise _DeadConnection from exc
+    return None if record is None else query.row(record)
 
 
 async def _dead_is_retryable(work: Awaitable[T]) -> T:
