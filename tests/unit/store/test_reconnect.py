@@ -7,13 +7,16 @@ Two ways a pooled connection can be dead when LKPS next uses it:
   it on checkout, at no cost to the request;
 - the server closed it but the event loop has not run since, so nobody knows yet: the
   statement fails, SQLAlchemy invalidates the pool, and `Database.read()` and
-  `Database.transaction()` run their work once more on a fresh connection.
+  `Database.transaction()` run their work once more on a fresh connection;
+- asyncpg has read the server's last error but not yet its close: the connection is
+  still open, but its protocol is stuck, and is treated as dead in the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -40,6 +43,29 @@ async def db(database: TestDatabase) -> AsyncIterator[Database]:
     db = Database.from_url(database.url, pool_size=4)
     yield db
     await db.dispose()
+
+
+def server_error(code: str, message: str) -> bytes:
+    """A PostgreSQL ErrorResponse message, as the server sends it before closing."""
+    fields = b"".join(
+        kind + value.encode() + b"\0"
+        for kind, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!i", len(body) + 4) + body
+
+
+async def break_protocol(connection: AsyncConnection) -> int:
+    """Feed the connection's asyncpg protocol what an administrator's termination
+    sends first, and not the close that follows; its backend's pid."""
+    pid = await backend_pid(connection)
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    driver._protocol.data_received(
+        server_error("57P01", "terminating connection due to administrator command")
+    )
+    assert not driver.is_closed()
+    return pid
 
 
 async def fill_pool(db: Database, connections: int) -> set[int]:
@@ -111,6 +137,41 @@ async def test_a_driver_read_fails_closed_when_every_attempt_meets_a_dead_connec
     monkeypatch.setattr(asyncpg.Connection, "fetchrow", dead)
     with pytest.raises(StoreUnavailable):
         await db.first_row(select(func.pg_backend_pid()), {})
+
+
+@pytest.mark.parametrize("spins", range(6))
+async def test_a_driver_read_just_after_the_server_ended_the_connection_is_retried(
+    db: Database, database: TestDatabase, spins: int
+) -> None:
+    """Found in CI: a few event loop turns after `pg_terminate_backend`, asyncpg has read
+    the server's error but not its close, and a statement met `InternalClientError`
+    ("cannot switch to state 11"), which escaped as a 500."""
+    before = await fill_pool(db, 2)
+    assert terminate_backends(database) >= 2
+    for _ in range(spins):
+        await asyncio.sleep(0)
+    row = await db.first_row(select(func.pg_backend_pid()), {})
+    assert row is not None and row[0] not in before
+
+
+@pytest.mark.parametrize("how", ["first_row", "read", "transaction", "statement"])
+async def test_a_connection_whose_protocol_is_stuck_is_replaced(
+    database: TestDatabase, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    db = Database.from_url(database.url, pool_size=1)
+    try:
+        stuck = await db.read(break_protocol)
+        with caplog.at_level(logging.INFO, logger="lkps.store.engine"):
+            if how == "first_row":
+                row = await db.first_row(select(func.pg_backend_pid()), {})
+                assert row is not None
+                pid = row[0]
+            else:
+                pid = await getattr(db, how)(backend_pid)
+        assert pid != stuck
+        assert RETRIED in caplog.text
+    finally:
+        await db.dispose()
 
 
 async def test_a_transaction_that_failed_on_a_dead_connection_is_retried_once(

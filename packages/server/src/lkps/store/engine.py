@@ -293,11 +293,18 @@ async def _first_on_driver(
     assert driver is not None
     try:
         record = await driver.fetchrow(query.sql, *query.arguments(parameters))
-    except (*_CONNECTION_LOST, TimeoutError) as exc:
-        # Not SQLAlchemy's statement, so it cannot tell the pool: drop this connection
-        # (a timed-out one too: its state is unknown), and let `Database.read()` retry.
+    except Exception as exc:
+        # SQLAlchemy's rule, which it cannot apply to a statement it did not run: a
+        # failure that left the connection closed met a dead connection. asyncpg closes
+        # it itself when the server's last error left its protocol stuck (the server
+        # ended the connection and asyncpg read the error, not yet the close).
+        dead = isinstance(exc, _CONNECTION_LOST) or driver.is_closed()
+        if not (dead or isinstance(exc, TimeoutError)):
+            raise
+        # Drop this connection (a timed-out one too: its state is unknown) and, when it
+        # was dead, let `Database.read()` try once more.
         await connection.invalidate()
-        if isinstance(exc, TimeoutError):
+        if not dead:
             raise
         raise _DeadConnection from exc
     return None if record is None else query.row(record)
