@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from lkps.agents import AgentRegistry
 from lkps.audit import (
@@ -37,7 +38,7 @@ from lkps.livekit import TokenMinter
 from lkps.metrics import AGENTS_PRESENT, AGENTS_REGISTERED, REGISTRATIONS_LIVE
 from lkps.sessions import SessionService
 from lkps.store import Database
-from lkps.store.engine import is_sqlite
+from lkps.store.engine import READ_COMMITTED, default_isolation, is_sqlite
 from lkps.store.migrate import current_revision, head_revision, upgrade_async
 
 log = logging.getLogger(__name__)
@@ -115,19 +116,31 @@ def outbound_tls(settings: Settings) -> ssl.SSLContext:
 
 
 async def prepare_database(settings: Settings, db_url: str) -> None:
-    """SQLite installs migrate themselves; elsewhere `lkps db upgrade` is an explicit step."""
+    """SQLite installs migrate themselves; elsewhere `lkps db upgrade` is an explicit step,
+    and LKPS refuses a store it cannot run on correctly rather than fail request by
+    request."""
     if is_sqlite(db_url):
         await upgrade_async(db_url)
         return
     try:
         revision = await current_revision(db_url)
+        isolation = await default_isolation(db_url)
     except Exception as exc:  # the store may come up later; readiness reports it
-        log.warning("could not read the schema revision", extra={"error": type(exc).__name__})
+        log.warning("could not check the database at start-up", extra={"error": type(exc).__name__})
         return
     if revision != head_revision():
         raise ConfigurationError(
             f"database schema is at {revision or 'nothing'}, LKPS needs {head_revision()}: "
             "run `lkps db upgrade`"
+        )
+    if isolation != READ_COMMITTED:
+        role = make_url(db_url).username or "<LKPS's role>"
+        raise ConfigurationError(
+            f"PostgreSQL runs LKPS's transactions at {isolation.upper()}; LKPS needs READ "
+            "COMMITTED (concurrent audit writers fail otherwise). LKPS asks for it when it "
+            "connects, and something in between dropped that (PgBouncer's "
+            "ignore_startup_parameters): make it the role's default, "
+            f"ALTER ROLE {role} SET default_transaction_isolation = 'read committed'"
         )
 
 

@@ -36,6 +36,10 @@ AnySelect = Select[*tuple[Any, ...]]
 
 UNAVAILABLE_MESSAGE = "The service is temporarily unavailable; retry shortly"
 
+# What every PostgreSQL connection asks for (see `create_engine`) and `lkps serve` checks
+# it got (see `default_isolation`).
+READ_COMMITTED = "read committed"
+
 
 class StoreUnavailable(ServiceUnavailable):
     def __init__(self, reason: str) -> None:
@@ -103,11 +107,37 @@ def create_engine(url: str, *, timeout: float = 5.0, pool_size: int = 20) -> Asy
             "command_timeout": timeout,
             # Whatever the server's default: the audit chain head (a writer waiting for
             # its lock reads what its predecessor committed) and the upserts rely on it.
-            "server_settings": {"default_transaction_isolation": "read committed"},
+            # A pooler may refuse this startup parameter or drop it; `lkps serve`
+            # checks what it got (`default_isolation`).
+            "server_settings": {"default_transaction_isolation": READ_COMMITTED},
         },
     )
     event.listen(engine.sync_engine, "checkout", _refuse_closed)
     return engine
+
+
+async def on_one_connection(url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`work`'s result on a connection of its own, for the one-off questions a command or
+    LKPS's start-up asks the store."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            return await work(connection)
+    finally:
+        await engine.dispose()
+
+
+async def default_isolation(url: str) -> str:
+    """The isolation PostgreSQL gives LKPS's transactions: READ COMMITTED, unless
+    something between LKPS and the server dropped what `create_engine` asks for (a
+    pooler such as PgBouncer with `ignore_startup_parameters`) and the role's or the
+    database's default is another."""
+
+    async def show(connection: AsyncConnection) -> str:
+        result = await connection.execute(text("SHOW default_transaction_isolation"))
+        return str(result.scalar_one())
+
+    return await on_one_connection(url, show)
 
 
 class DriverQuery:

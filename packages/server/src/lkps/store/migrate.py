@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from lkps.store.engine import create_engine
+from lkps.store.engine import on_one_connection
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -35,12 +35,9 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 
 async def current_revision(database_url: str) -> str | None:
-    engine = create_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_revision_of)
-    finally:
-        await engine.dispose()
+    return await on_one_connection(
+        database_url, lambda connection: connection.run_sync(_revision_of)
+    )
 
 
 def _revision_of(connection: object) -> str | None:
