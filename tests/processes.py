@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -31,6 +31,34 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_until_ready(
+    ready: Callable[[], bool],
+    *,
+    running: Callable[[], bool],
+    what: str,
+    timeout: float,
+    log: Callable[[], str],
+) -> None:
+    """Poll `ready` until it holds; fail at once if the process stopped running, or
+    after `timeout`, with its log either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not running():
+            raise RuntimeError(f"{what} exited early:\n{log()}")
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready in {timeout:.0f} s:\n{log()}")
+        time.sleep(0.1)
+
+
+def answers_200(url: str, timeout: float = 2) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def clean_environment(**variables: str) -> dict[str, str]:
@@ -51,33 +79,57 @@ def lkps_process(
     *args: str, env: Mapping[str, str], cwd: Path, health_url: str
 ) -> Iterator[subprocess.Popen[str]]:
     """Start `lkps ARGS`, wait until `health_url` answers, stop it with SIGTERM."""
-    log = (cwd / "lkps-process.log").open("w")
-    process = subprocess.Popen(
-        [*LKPS, *args], env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"lkps exited early:\n{(cwd / 'lkps-process.log').read_text()}")
-            try:
-                if httpx.get(health_url, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("lkps did not become healthy in 30 s")
-            time.sleep(0.1)
+    with started_process(
+        [*LKPS, *args],
+        log_path=cwd / "lkps-process.log",
+        ready=lambda: answers_200(health_url, timeout=1),
+        what="lkps",
+        timeout=30,
+        env=env,
+        cwd=cwd,
+    ) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+
+
+@contextmanager
+def started_process(
+    command: Sequence[str],
+    *,
+    log_path: Path,
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen[str]]:
+    """Start `command` with its output in `log_path`, wait until `ready`, and stop it
+    with SIGTERM on leaving (SIGKILL if it has not exited 20 s later)."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            list(command),
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            wait_until_ready(
+                ready,
+                running=lambda: process.poll() is None,
+                what=what,
+                timeout=timeout,
+                log=log_path.read_text,
+            )
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def process_output(cwd: Path) -> str:
@@ -196,18 +248,13 @@ class Replica(ManagedProcess):
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Until GET /api/health/ready answers 200 (from some worker)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.running:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.url}/api/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not ready in {timeout:.0f} s:\n{self.log_text()}")
-            time.sleep(0.1)
+        wait_until_ready(
+            lambda: answers_200(f"{self.url}/api/health/ready"),
+            running=lambda: self.running,
+            what=self.name,
+            timeout=timeout,
+            log=self.log_text,
+        )
 
 
 def descendants(root: int) -> set[int]:

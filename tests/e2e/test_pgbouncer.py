@@ -13,9 +13,7 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +27,7 @@ from lkps.config import ConfigurationError, Settings
 from lkps.store.engine import default_isolation
 from tests.backends import StoreSql, TestDatabase, service_missing
 from tests.conftest import Lkps
-from tests.processes import free_port
+from tests.processes import free_port, started_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backends("postgresql")]
 
@@ -42,6 +40,14 @@ def pgbouncer_binary() -> str:
         service_missing("PgBouncer", "PATH or /usr/sbin", FileNotFoundError("pgbouncer"))
         raise AssertionError("unreachable")
     return found
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 @contextmanager
@@ -70,31 +76,16 @@ def running_pgbouncer(server_url: str, *, ignore_startup_parameter: bool) -> Ite
     for path in (users, config):
         path.chmod(0o644)
     as_postgres = ["-u", "postgres"] if os.geteuid() == 0 else []
-    log = (folder / "pgbouncer.log").open("w")
-    process = subprocess.Popen(
-        [pgbouncer_binary(), *as_postgres, str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited:\n{(folder / 'pgbouncer.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("pgbouncer did not listen in 15 s") from None
-                time.sleep(0.05)
-        yield port
+        with started_process(
+            [pgbouncer_binary(), *as_postgres, str(config)],
+            log_path=folder / "pgbouncer.log",
+            ready=lambda: accepts_connections(port),
+            what="pgbouncer",
+            timeout=15,
+        ):
+            yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
