@@ -36,16 +36,14 @@ def test_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_serve_runs_the_service(
-    tmp_path: Path, entra: EntraDouble, entra_server: ServerThread
-) -> None:
+def servable_environment(
+    tmp_path: Path, entra: EntraDouble, entra_server: ServerThread, **variables: str
+) -> dict[str, str]:
+    """A complete non-dev configuration, trusting the Entra double; `variables` on top."""
     authz = tmp_path / "authz.json"
     write_authorization_file(authz, {AGENT: [CLIENT_A]})
-    port, metrics_port = free_port(), free_port()
-    env = clean_environment(
+    defaults = dict(
         LKPS_ENV="np",
-        LKPS_PORT=str(port),
-        LKPS_METRICS_PORT=str(metrics_port),
         LKPS_LIVEKIT_URL="wss://livekit.test.example",
         LKPS_LIVEKIT_API_KEY=LIVEKIT_KEY,
         LKPS_LIVEKIT_API_SECRET=LIVEKIT_SECRET,
@@ -55,6 +53,20 @@ def test_serve_runs_the_service(
         LKPS_AUTHZ_SOURCE="file",
         LKPS_AUTHZ_FILE=str(authz),
         LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+    )
+    return clean_environment(**{**defaults, **variables})
+
+
+def test_serve_runs_the_service(
+    tmp_path: Path, entra: EntraDouble, entra_server: ServerThread
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = servable_environment(
+        tmp_path,
+        entra,
+        entra_server,
+        LKPS_PORT=str(port),
+        LKPS_METRICS_PORT=str(metrics_port),
     )
     base = f"http://127.0.0.1:{port}"
     with lkps_process(
@@ -96,6 +108,26 @@ def test_serve_runs_the_service(
     assert json.loads(found.stdout)["client_ip"] == "198.51.100.23"
     for token in (agent, user, started.json()["participant_token"]):
         assert token.split(".")[2] not in process_output(tmp_path)
+
+
+@pytest.mark.backends("postgresql")  # SQLite installs migrate themselves
+def test_serve_refuses_a_store_without_the_schema_in_one_line(
+    tmp_path: Path, entra: EntraDouble, entra_server: ServerThread, empty_database: TestDatabase
+) -> None:
+    env = servable_environment(
+        tmp_path,
+        entra,
+        entra_server,
+        LKPS_PORT=str(free_port()),
+        LKPS_WORKERS="2",
+        LKPS_DATABASE_URL=empty_database.url,
+    )
+    result = run_lkps("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot serve: database schema is at nothing" in result.stderr
+    assert "run `lkps db upgrade`" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Started server process" not in result.stderr  # no worker was started
 
 
 def test_db_upgrade_and_current(empty_database: TestDatabase, tmp_path: Path) -> None:

@@ -59,6 +59,8 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # azure-core logs every request (and its headers) at INFO.
     logging.getLogger("azure").setLevel(logging.WARNING)
+    # alembic logs each of its plugins being set up at INFO, at every start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

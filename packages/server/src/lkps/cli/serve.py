@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -26,11 +27,16 @@ def serve(
         if value is not None:
             os.environ[name] = str(value)
     settings = load_settings()
+    configure_logging(settings.log_level)
     try:
         settings.check_servable()
+        # Once, here, before any worker starts: a store LKPS cannot run on is one line
+        # naming the fix, not a traceback per worker (each worker checks again).
+        from lkps.services import prepare_database
+
+        asyncio.run(prepare_database(settings, settings.database_url))
     except ConfigurationError as exc:
         fail(f"cannot serve: {exc}")
-    configure_logging(settings.log_level)
     prepare_worker_metrics(settings)
     try:
         start_metrics_server(settings)
