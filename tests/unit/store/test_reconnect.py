@@ -146,8 +146,8 @@ async def test_a_driver_read_just_after_the_server_ended_the_connection_is_retri
     """Found in CI: a few event loop turns after `pg_terminate_backend`, asyncpg has read
     the server's error but not its close, and a statement met `InternalClientError`
     ("cannot switch to state 11"), which escaped as a 500."""
-    before = await fill_pool(db, 2)
-    assert terminate_backends(database) >= 2
+    before = await fill_pool(db, 4)
+    assert terminate_backends(database) >= 4
     for _ in range(spins):
         await asyncio.sleep(0)
     row = await db.first_row(select(func.pg_backend_pid()), {})
