@@ -3,6 +3,7 @@ process's, shared by every test)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -61,6 +62,17 @@ async def test_session_starts_by_outcome_and_agent(lkps: Lkps) -> None:
     await lkps.start_session(AGENT, token=lkps.user_token(client=CLIENT_B))
     await lkps.start_session("dddddddd-dddd-4ddd-8ddd-dddddddddddd")  # never registered
     assert (granted.value, refused.value, absent.value) == (1, 1, 1)
+
+
+async def test_presence_reads_count_the_session_starts_they_answer(lkps: Lkps) -> None:
+    callers = Delta("lkps_presence_read_callers_sum")
+    reads = Delta("lkps_presence_read_callers_count")
+    await lkps.register(AGENT)
+    tokens = [lkps.user_token(f"user{i}") for i in range(20)]
+    started = await asyncio.gather(*(lkps.start_session(AGENT, token=t) for t in tokens))
+    assert [response.status_code for response in started] == [200] * 20
+    assert callers.value == 20
+    assert 1 <= reads.value <= 20
 
 
 async def test_audit_jwks_token_cache_and_rate_limit_metrics(

@@ -39,6 +39,12 @@ AUDIT_BATCH = Histogram(
     "Audit records committed per transaction (group commit)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+PRESENCE_READ_CALLERS = Histogram(
+    "lkps_presence_read_callers",
+    "Session starts answered by one presence read (concurrent ones share a read that"
+    " started after each of them)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 AUDIT_FAILURES = Counter(
     "lkps_audit_write_failures_total", "Audit batches that could not be committed"
 )

@@ -12,8 +12,10 @@ from typing import Any
 
 from lkps.clock import Clock
 from lkps.errors import NotFound
+from lkps.metrics import PRESENCE_READ_CALLERS
 from lkps.store import Database
 from lkps.store import registrations as queries
+from lkps.store.coalesce import CoalescedReads
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,9 @@ class AgentRegistry:
         self._clock = clock
         self._ttl = timedelta(seconds=presence_ttl)
         self._default_enforce = default_enforce
+        self._presence_reads = CoalescedReads(
+            self._read_presence, observe=PRESENCE_READ_CALLERS.observe
+        )
 
     async def register(
         self,
@@ -140,10 +145,10 @@ class AgentRegistry:
             )
 
     async def presence(self, agent_id: str) -> AgentPresence | None:
-        """Asked of the store on every call, never cached: a deregistration or an
-        override committed by any replica counts from the next session start on."""
-        now = self._clock.now()
-        facts = await queries.present_agent(self._db, agent_id, now)
+        """Never cached: answered by a store read that started after the call, so a
+        deregistration or an override committed by any replica counts from the next
+        session start on. Concurrent calls for one agent share that read."""
+        facts = await self._presence_reads.get(agent_id)
         if facts is None:
             return None
         return AgentPresence(
@@ -153,6 +158,9 @@ class AgentRegistry:
             facts.override_enforce,
             frozenset(facts.additional_clients),
         )
+
+    async def _read_presence(self, agent_id: str) -> queries.AgentFacts | None:
+        return await queries.present_agent(self._db, agent_id, self._clock.now())
 
     async def counts(self) -> queries.AgentCounts:
         async with self._db.session() as session:
