@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from lkps.app import create_app
 from lkps.config import ConfigurationError, Settings
-from lkps.store.engine import default_isolation
+from lkps.store.engine import isolation_on, on_one_connection
 from tests.backends import StoreSql, TestDatabase, service_missing
 from tests.conftest import Lkps
 from tests.processes import free_port, started_process
@@ -134,8 +134,8 @@ async def test_lkps_refuses_to_start_where_the_pooler_dropped_read_committed(
     await store_sql.execute(f"ALTER DATABASE {name} SET {STARTUP_PARAMETER} TO 'serializable'")
     # Straight to the server, LKPS's startup parameter wins over the database's default;
     # through PgBouncer, which ignores it, the default applies.
-    assert await default_isolation(database.url) == "read committed"
-    assert await default_isolation(pooled_url) == "serializable"
+    assert await on_one_connection(database.url, isolation_on) == "read committed"
+    assert await on_one_connection(pooled_url, isolation_on) == "serializable"
     app = create_app(settings)
     with pytest.raises(ConfigurationError, match="ALTER ROLE lkps SET default_transaction"):
         async with app.router.lifespan_context(app):

@@ -51,15 +51,23 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def under_way_then_queued(
+    reads: CoalescedReads[str, str], queued: int
+) -> tuple[asyncio.Task[str], list[asyncio.Task[str]]]:
+    """A caller whose read is under way, then `queued` callers that arrived during it."""
+    first = asyncio.create_task(reads.get("a"))
+    await settle()
+    later = [asyncio.create_task(reads.get("a")) for _ in range(queued)]
+    await settle()
+    return first, later
+
+
 async def test_callers_arriving_during_a_read_share_the_next_one() -> None:
     store = Store()
     store.values["a"] = "v1"
     served: list[int] = []
     reads = CoalescedReads(store.read, observe=served.append)
-    first = asyncio.create_task(reads.get("a"))
-    await settle()
-    queued = [asyncio.create_task(reads.get("a")) for _ in range(9)]
-    await settle()
+    first, queued = await under_way_then_queued(reads, 9)
     assert store.reads == [("a", "v1")]  # the queued callers did not start reads of their own
     await store.open_gate(0)
     await store.open_gate(1)
@@ -101,10 +109,7 @@ async def test_a_failed_read_fails_every_caller_it_serves_and_the_next_read_star
     store = Store()
     reads = CoalescedReads(store.read)
     store.failure = RuntimeError("store down")
-    first = asyncio.create_task(reads.get("a"))
-    await settle()
-    queued = [asyncio.create_task(reads.get("a")) for _ in range(3)]
-    await settle()
+    first, queued = await under_way_then_queued(reads, 3)
     await store.open_gate(0)
     await store.open_gate(1)
     results = await asyncio.gather(first, *queued, return_exceptions=True)
@@ -121,10 +126,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_read_for_the_others() -> N
     store = Store()
     store.values["a"] = "v"
     reads = CoalescedReads(store.read)
-    leader = asyncio.create_task(reads.get("a"))
-    await settle()
-    gone, staying = (asyncio.create_task(reads.get("a")) for _ in range(2))
-    await settle()
+    leader, (gone, staying) = await under_way_then_queued(reads, 2)
     leader.cancel()
     gone.cancel()
     await store.open_gate(0)

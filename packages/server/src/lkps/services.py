@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lkps.agents import AgentRegistry
 from lkps.audit import (
@@ -38,8 +39,8 @@ from lkps.livekit import TokenMinter
 from lkps.metrics import AGENTS_PRESENT, AGENTS_REGISTERED, REGISTRATIONS_LIVE
 from lkps.sessions import SessionService
 from lkps.store import Database
-from lkps.store.engine import READ_COMMITTED, default_isolation, is_sqlite
-from lkps.store.migrate import current_revision, head_revision, upgrade_async
+from lkps.store.engine import READ_COMMITTED, is_sqlite, isolation_on, on_one_connection
+from lkps.store.migrate import head_revision, revision_on, upgrade_async
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,12 @@ async def prepare_database(settings: Settings, db_url: str) -> None:
     if is_sqlite(db_url):
         await upgrade_async(db_url)
         return
+
+    async def ask(connection: AsyncConnection) -> tuple[str | None, str]:
+        return await revision_on(connection), await isolation_on(connection)
+
     try:
-        revision = await current_revision(db_url)
-        isolation = await default_isolation(db_url)
+        revision, isolation = await on_one_connection(db_url, ask)
     except Exception as exc:  # the store may come up later; readiness reports it
         log.warning("could not check the database at start-up", extra={"error": type(exc).__name__})
         return

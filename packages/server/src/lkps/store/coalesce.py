@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -38,19 +39,16 @@ class CoalescedReads(Generic[K, V]):
         self._read = read
         self._observe = observe
         self._running: dict[K, asyncio.Task[V]] = {}
-        self._next: dict[K, asyncio.Future[V]] = {}
-        self._queued: dict[K, int] = {}
+        self._next: dict[K, _Queue[V]] = {}
 
     async def get(self, key: K) -> V:
         if key not in self._running:
             return await asyncio.shield(self._start(key, callers=1))
-        following = self._next.get(key)
-        if following is None:
-            following = self._next[key] = asyncio.get_running_loop().create_future()
-            # Retrieved even if every caller waiting for it was cancelled.
-            following.add_done_callback(_retrieve)
-        self._queued[key] = self._queued.get(key, 0) + 1
-        return await asyncio.shield(following)
+        queue = self._next.get(key)
+        if queue is None:
+            queue = self._next[key] = _Queue()
+        queue.callers += 1
+        return await asyncio.shield(queue.answer)
 
     def in_flight(self) -> int:
         return len(self._running)
@@ -66,12 +64,25 @@ class CoalescedReads(Generic[K, V]):
     def _ended(self, key: K, done: asyncio.Task[V]) -> None:
         _retrieve(done)
         del self._running[key]
-        following = self._next.pop(key, None)
-        if following is not None:
-            callers = self._queued.pop(key)
-            self._start(key, callers=callers).add_done_callback(
-                lambda read: _settle(following, read)
-            )
+        queue = self._next.pop(key, None)
+        if queue is not None:
+            read = self._start(key, callers=queue.callers)
+            read.add_done_callback(lambda done: _settle(queue.answer, done))
+
+
+def _future() -> asyncio.Future[V]:
+    future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+    # Retrieved even if every caller waiting for it was cancelled.
+    future.add_done_callback(_retrieve)
+    return future
+
+
+@dataclass
+class _Queue(Generic[V]):
+    """The callers waiting for the next read of one key, and where they get its answer."""
+
+    answer: asyncio.Future[V] = field(default_factory=_future)
+    callers: int = 0
 
 
 def _retrieve(future: asyncio.Future[V]) -> None:

@@ -37,7 +37,7 @@ AnySelect = Select[*tuple[Any, ...]]
 UNAVAILABLE_MESSAGE = "The service is temporarily unavailable; retry shortly"
 
 # What every PostgreSQL connection asks for (see `create_engine`) and `lkps serve` checks
-# it got (see `default_isolation`).
+# it got (see `isolation_on`).
 READ_COMMITTED = "read committed"
 
 
@@ -108,7 +108,7 @@ def create_engine(url: str, *, timeout: float = 5.0, pool_size: int = 20) -> Asy
             # Whatever the server's default: the audit chain head (a writer waiting for
             # its lock reads what its predecessor committed) and the upserts rely on it.
             # A pooler may refuse this startup parameter or drop it; `lkps serve`
-            # checks what it got (`default_isolation`).
+            # checks what it got (`isolation_on`).
             "server_settings": {"default_transaction_isolation": READ_COMMITTED},
         },
     )
@@ -127,17 +127,13 @@ async def on_one_connection(url: str, work: Callable[[AsyncConnection], Awaitabl
         await engine.dispose()
 
 
-async def default_isolation(url: str) -> str:
+async def isolation_on(connection: AsyncConnection) -> str:
     """The isolation PostgreSQL gives LKPS's transactions: READ COMMITTED, unless
     something between LKPS and the server dropped what `create_engine` asks for (a
     pooler such as PgBouncer with `ignore_startup_parameters`) and the role's or the
     database's default is another."""
-
-    async def show(connection: AsyncConnection) -> str:
-        result = await connection.execute(text("SHOW default_transaction_isolation"))
-        return str(result.scalar_one())
-
-    return await on_one_connection(url, show)
+    result = await connection.execute(text("SHOW default_transaction_isolation"))
+    return str(result.scalar_one())
 
 
 class DriverQuery:

@@ -35,9 +35,11 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 
 async def current_revision(database_url: str) -> str | None:
-    return await on_one_connection(
-        database_url, lambda connection: connection.run_sync(_revision_of)
-    )
+    return await on_one_connection(database_url, revision_on)
+
+
+async def revision_on(connection: AsyncConnection) -> str | None:
+    return await connection.run_sync(_revision_of)
 
 
 def _revision_of(connection: object) -> str | None:
