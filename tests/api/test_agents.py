@@ -9,7 +9,6 @@ import jwt
 import pytest
 from livekit.api import TokenVerifier
 
-from lkps.services import sweep_expired_registrations
 from tests.api.util import running_lkps
 from tests.conftest import AGENT, AGENT_2, CLIENT_A, LIVEKIT_KEY, LIVEKIT_URL, FakeClock, Lkps
 
@@ -249,8 +248,8 @@ async def test_user_token_cannot_heartbeat_or_deregister(lkps: Lkps) -> None:
 async def test_expired_registrations_are_audited_once(lkps: Lkps, clock: FakeClock) -> None:
     registrations = {(await lkps.register()).json()["registration_id"] for _ in range(2)}
     clock.advance(91)
-    assert await sweep_expired_registrations(lkps.services) == 2
-    assert await sweep_expired_registrations(lkps.services) == 0
+    assert await lkps.services.sweeper.sweep() == 2
+    assert await lkps.services.sweeper.sweep() == 0
     expired = [r for r in await lkps.audit_records() if r.event == "agent.expire"]
     assert {r.registration_id for r in expired} == registrations
     assert all(r.agent_id == AGENT and r.outcome == "recorded" for r in expired)
@@ -262,7 +261,7 @@ async def test_deregistered_registrations_are_not_reported_as_expired(
     await lkps.register()
     await lkps.deregister()
     clock.advance(91)
-    assert await sweep_expired_registrations(lkps.services) == 0
+    assert await lkps.services.sweeper.sweep() == 0
 
 
 async def test_concurrent_writers_and_readers_never_fail(lkps: Lkps) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from lkps.services import update_agent_gauges
 from lkps_testkit import EntraDouble
 from tests.api.util import running_lkps
 from tests.conftest import AGENT, CLIENT_B, FakeClock, Lkps
@@ -89,7 +88,7 @@ async def test_audit_jwks_token_cache_and_rate_limit_metrics(
         alice = lkps.user_token()
         for _ in range(3):
             await lkps.start_session(AGENT, token=alice)
-        await update_agent_gauges(lkps.services)
+        await lkps.services.sweeper.update_gauges()
         assert sample("lkps_agents_present") == 1
         assert sample("lkps_agent_registrations_live") == 1
     assert records.value == 2

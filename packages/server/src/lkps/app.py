@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from lkps import __version__
 from lkps.api import admin, agents, audit, health, sessions
+from lkps.api.body import JsonBodies
 from lkps.api.errors import install_error_handlers
 from lkps.api.metrics_middleware import MetricsMiddleware
 from lkps.api.middleware import RequestIdMiddleware
@@ -60,6 +61,7 @@ def create_app(
         redirect_slashes=False,
         telemetry=native_telemetry(os.environ),
     )
+    app.state.bodies = JsonBodies(max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(MetricsMiddleware)

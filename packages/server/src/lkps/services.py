@@ -1,64 +1,54 @@
-"""The long-lived parts of a running LKPS, built once by the application lifespan."""
+"""The composition root: the long-lived parts of a running LKPS, built, started and
+stopped once by the application lifespan. Nothing here decides anything; each part
+gets the values it needs, not the settings."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import ssl
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from lkps.agents import AgentRegistry
-from lkps.audit import (
-    AuditEntry,
-    AuditEvent,
-    AuditLog,
-    AuditScope,
-    AuditUnavailable,
-    Outcome,
-    RequestContext,
-)
+from lkps.agents import AgentRegistry, AgentService, AgentTerms, PresenceSweeper
+from lkps.audit import AuditEvent, AuditLog, AuditScope, AuditTrail, RequestContext
 from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthorizationSource
 from lkps.authorization.graph import graph_source_from_settings
 from lkps.authorization.overrides import AuthorizationOverrides
+from lkps.authorization.service import AuthorizationService
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
-from lkps.identity import JwksCache, TokenValidator
+from lkps.identity import AppRoles, JwksCache, TokenValidator
 from lkps.limits.buckets import BucketStore, LocalBuckets
 from lkps.limits.limiter import LimitSettings, RateLimiter
 from lkps.limits.redis import RedisBuckets
 from lkps.livekit import TokenMinter
-from lkps.metrics import AGENTS_PRESENT, AGENTS_REGISTERED, REGISTRATIONS_LIVE
+from lkps.outbound import outbound_tls
 from lkps.sessions import SessionService
+from lkps.sessions.metrics import count_session_start
 from lkps.store import Database
-from lkps.store.engine import READ_COMMITTED, is_sqlite, isolation_on, on_one_connection
-from lkps.store.migrate import head_revision, revision_on, upgrade_async
-
-log = logging.getLogger(__name__)
+from lkps.store.preflight import prepare_database
 
 
 @dataclass
 class Services:
-    settings: Settings
     clock: Clock
     db: Database
     audit: AuditLog
+    audit_trail: AuditTrail
     jwks: JwksCache
     identity: TokenValidator
     authorizer: ClientAuthorizer
     registry: AgentRegistry
+    agents: AgentService
     sessions: SessionService
+    authorization: AuthorizationService
     minter: TokenMinter
-    overrides: AuthorizationOverrides
     limits: RateLimiter
+    sweeper: PresenceSweeper
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def audit_scope(
@@ -71,7 +61,6 @@ class Services:
     ) -> AuditScope:
         return AuditScope(
             self.audit,
-            self.clock,
             event,
             context,
             failure_message=failure_message,
@@ -105,49 +94,6 @@ def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
     )
 
 
-def outbound_tls(settings: Settings) -> ssl.SSLContext:
-    """The system's CAs, plus LKPS_TLS_CA_BUNDLE when set."""
-    context = ssl.create_default_context()
-    if settings.tls_ca_bundle is not None:
-        try:
-            context.load_verify_locations(cafile=settings.tls_ca_bundle)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(f"LKPS_TLS_CA_BUNDLE is unusable: {exc}") from None
-    return context
-
-
-async def prepare_database(settings: Settings, db_url: str) -> None:
-    """SQLite installs migrate themselves; elsewhere `lkps db upgrade` is an explicit step,
-    and LKPS refuses a store it cannot run on correctly rather than fail request by
-    request."""
-    if is_sqlite(db_url):
-        await upgrade_async(db_url)
-        return
-
-    async def ask(connection: AsyncConnection) -> tuple[str | None, str]:
-        return await revision_on(connection), await isolation_on(connection)
-
-    try:
-        revision, isolation = await on_one_connection(db_url, ask)
-    except Exception as exc:  # the store may come up later; readiness reports it
-        log.warning("could not check the database at start-up", extra={"error": type(exc).__name__})
-        return
-    if revision != head_revision():
-        raise ConfigurationError(
-            f"database schema is at {revision or 'nothing'}, LKPS needs {head_revision()}: "
-            "run `lkps db upgrade`"
-        )
-    if isolation != READ_COMMITTED:
-        role = make_url(db_url).username or "<LKPS's role>"
-        raise ConfigurationError(
-            f"PostgreSQL runs LKPS's transactions at {isolation.upper()}; LKPS needs READ "
-            "COMMITTED (concurrent audit writers fail otherwise). LKPS asks for it when it "
-            "connects, and something in between dropped that (PgBouncer's "
-            "ignore_startup_parameters): make it the role's default, "
-            f"ALTER ROLE {role} SET default_transaction_isolation = 'read committed'"
-        )
-
-
 @asynccontextmanager
 async def running_services(
     settings: Settings,
@@ -157,15 +103,20 @@ async def running_services(
     authorization_source: AuthorizationSource | None = None,
 ) -> AsyncIterator[Services]:
     clock = clock or SystemClock()
-    await prepare_database(settings, settings.database_url)
+    await prepare_database(settings.database_url)
     db = Database.from_url(
         settings.database_url,
         timeout=settings.database_timeout_seconds,
         pool_size=settings.database_pool_size,
     )
-    audit = AuditLog(db)
+    audit = AuditLog(db, clock=clock, observers=[count_session_start])
+    roles = AppRoles(
+        admin=settings.admin_role, auditor=settings.auditor_role, agent=settings.agent_role
+    )
     async with contextlib.AsyncExitStack() as clients:
-        http = await clients.enter_async_context(httpx.AsyncClient(verify=outbound_tls(settings)))
+        http = await clients.enter_async_context(
+            httpx.AsyncClient(verify=outbound_tls(settings.tls_ca_bundle))
+        )
         jwks_http = (
             await clients.enter_async_context(httpx.AsyncClient(transport=jwks_transport))
             if jwks_transport
@@ -188,13 +139,15 @@ async def running_services(
             presence_ttl=settings.presence_ttl,
             default_enforce=settings.default_enforce_client_authz,
         )
+        overrides = AuthorizationOverrides(db, clock)
+        limits = build_rate_limiter(settings, clock)
         source = authorization_source or build_authorization_source(settings, http, clock)
         authorizer = ClientAuthorizer(source)
         services = Services(
-            settings=settings,
             clock=clock,
             db=db,
             audit=audit,
+            audit_trail=AuditTrail(audit, roles),
             jwks=jwks,
             identity=TokenValidator(
                 jwks,
@@ -208,27 +161,42 @@ async def running_services(
             ),
             authorizer=authorizer,
             registry=registry,
+            agents=AgentService(
+                registry,
+                overrides,
+                minter,
+                limits,
+                roles=roles,
+                terms=AgentTerms(
+                    livekit_url=settings.livekit_url,
+                    agent_token_ttl=settings.agent_token_ttl,
+                    heartbeat_interval=settings.heartbeat_interval,
+                    presence_ttl=settings.presence_ttl,
+                ),
+            ),
             sessions=SessionService(
                 registry,
                 authorizer,
                 minter,
+                limits,
                 clock,
                 livekit_url=settings.livekit_url,
                 max_participants=settings.room_max_participants,
                 participant_token_ttl=settings.participant_token_ttl,
             ),
+            authorization=AuthorizationService(overrides, roles),
             minter=minter,
-            overrides=AuthorizationOverrides(db, clock),
-            limits=build_rate_limiter(settings, clock),
+            limits=limits,
+            sweeper=PresenceSweeper(registry, audit, interval=max(1.0, settings.presence_ttl / 3)),
         )
         await audit.start()
         await jwks.refresh()
         await source.start()
         with contextlib.suppress(ServiceUnavailable):
-            await update_agent_gauges(services)
+            await services.sweeper.update_gauges()
         services.background += [
             asyncio.create_task(jwks.run_background_refresh(), name="lkps-jwks-refresh"),
-            asyncio.create_task(_expire_registrations(services), name="lkps-presence-sweeper"),
+            asyncio.create_task(services.sweeper.run(), name="lkps-presence-sweeper"),
         ]
         try:
             yield services
@@ -242,48 +210,3 @@ async def running_services(
             await services.limits.aclose()
             await audit.stop()
             await db.dispose()
-
-
-async def _expire_registrations(services: Services) -> None:
-    """Record each registration whose presence lapsed, once, in the audit trail.
-
-    Presence itself never depends on this sweep: a session start compares
-    `expires_at` with the clock. The sweep only makes the lapse visible.
-    """
-    interval = max(1.0, services.settings.presence_ttl / 3)
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await sweep_expired_registrations(services)
-            await update_agent_gauges(services)
-        except Exception:
-            log.exception("presence sweep failed; will retry")
-
-
-async def update_agent_gauges(services: Services) -> None:
-    counts = await services.registry.counts()
-    AGENTS_REGISTERED.set(counts.registered)
-    AGENTS_PRESENT.set(counts.present)
-    REGISTRATIONS_LIVE.set(counts.live_registrations)
-
-
-async def sweep_expired_registrations(services: Services) -> int:
-    expired = await services.registry.claim_expired()
-    for registration_id, agent_id in expired:
-        entry = AuditEntry(
-            event=AuditEvent.AGENT_EXPIRE,
-            outcome=Outcome.RECORDED,
-            status=0,
-            occurred_at=services.clock.now(),
-            record_id=str(uuid.uuid4()),
-            reason="no register or heartbeat within the presence TTL",
-            agent_id=agent_id,
-            registration_id=registration_id,
-        )
-        try:
-            await services.audit.append(entry)
-        except AuditUnavailable:
-            done = expired.index((registration_id, agent_id))
-            await services.registry.reopen([r for r, _ in expired[done:]])
-            raise
-    return len(expired)

@@ -1,5 +1,28 @@
-"""Agent registrations and presence: which agents can be dispatched right now."""
+"""Agents: registrations and presence (which agents can be dispatched right now), and
+the use cases agents and operators call."""
 
-from lkps.agents.registry import AgentPresence, AgentRegistry, Registration, agent_not_connected
+from lkps.agents.presence import AgentPresence, Registration
+from lkps.agents.registry import AgentRegistry, agent_not_connected
+from lkps.agents.service import (
+    AgentGrant,
+    AgentIdentity,
+    AgentOverview,
+    AgentService,
+    AgentTerms,
+    RegistrationRequest,
+)
+from lkps.agents.sweeper import PresenceSweeper
 
-__all__ = ["AgentPresence", "AgentRegistry", "Registration", "agent_not_connected"]
+__all__ = [
+    "AgentGrant",
+    "AgentIdentity",
+    "AgentOverview",
+    "AgentPresence",
+    "AgentRegistry",
+    "AgentService",
+    "AgentTerms",
+    "PresenceSweeper",
+    "Registration",
+    "RegistrationRequest",
+    "agent_not_connected",
+]

@@ -6,39 +6,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from lkps.agents.presence import (
+    AgentCounts,
+    AgentFacts,
+    AgentPresence,
+    AgentSummary,
+    Registration,
+)
 from lkps.clock import Clock
 from lkps.errors import NotFound
 from lkps.metrics import PRESENCE_READ_CALLERS
 from lkps.store import Database
 from lkps.store import registrations as queries
 from lkps.store.coalesce import CoalescedReads
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    registration_id: str
-    agent_id: str
-    renewed: bool
-    enforce_client_authz: bool
-    presence_expires_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class AgentPresence:
-    agent_id: str
-    registered_enforce: bool
-    version: str | None
-    override_enforce: bool | None
-    additional_clients: frozenset[str]
-
-    @property
-    def enforce_client_authz(self) -> bool:
-        """An operator's override wins over what the agent registered with."""
-        return self.registered_enforce if self.override_enforce is None else self.override_enforce
 
 
 def agent_not_connected(agent_id: str) -> NotFound:
@@ -159,14 +142,14 @@ class AgentRegistry:
             frozenset(facts.additional_clients),
         )
 
-    async def _read_presence(self, agent_id: str) -> queries.AgentFacts | None:
+    async def _read_presence(self, agent_id: str) -> AgentFacts | None:
         return await queries.present_agent(self._db, agent_id, self._clock.now())
 
-    async def counts(self) -> queries.AgentCounts:
+    async def counts(self) -> AgentCounts:
         async with self._db.session() as session:
             return await queries.agent_counts(session, self._clock.now())
 
-    async def summaries(self) -> list[queries.AgentSummary]:
+    async def summaries(self) -> list[AgentSummary]:
         async with self._db.session() as session:
             return await queries.agent_summaries(session, self._clock.now())
 

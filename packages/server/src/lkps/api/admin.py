@@ -7,24 +7,22 @@ Reading the agent list takes `LKPS.Admin` or `LKPS.Auditor`; changing an overrid
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lkps.api.body import read_json_body
-from lkps.api.deps import BearerDoc, RequestContextDep, ServicesDep, authenticate, require_role
+from lkps.agents import AgentOverview
+from lkps.api.deps import BearerDoc, BodiesDep, RequestContextDep, ServicesDep, authenticate
 from lkps.api.openapi import error_responses, json_body
 from lkps.api.schemas import AgentInfo, AgentList, OverrideBody, OverrideResponse
 from lkps.audit import AuditEvent
-from lkps.errors import NotFound
-from lkps.store.overrides import StoredOverride
+from lkps.authorization.override import AuthorizationOverride
 
 router = APIRouter(prefix="/api/agents", tags=["administration"])
 
 
-def _override_response(override: StoredOverride) -> OverrideResponse:
+def _override_response(override: AuthorizationOverride) -> OverrideResponse:
     return OverrideResponse(
         agent_id=override.agent_id,
         enforce_client_authz=override.enforce_client_authz,
@@ -34,13 +32,21 @@ def _override_response(override: StoredOverride) -> OverrideResponse:
     )
 
 
-def _snapshot(override: StoredOverride | None) -> dict[str, object] | None:
-    if override is None:
-        return None
-    document = asdict(override)
-    document["updated_at"] = override.updated_at.isoformat()
-    document["additional_clients"] = list(override.additional_clients)
-    return document
+def _agent_info(agent: AgentOverview) -> AgentInfo:
+    summary = agent.summary
+    return AgentInfo(
+        agent_id=summary.agent_id,
+        present=summary.connected_registrations > 0,
+        enforce_client_authz=agent.enforce_client_authz,
+        registered_enforce_client_authz=summary.enforce_client_authz,
+        override=_override_response(agent.override) if agent.override else None,
+        version=summary.version,
+        first_registered_at=summary.first_registered_at,
+        last_registered_at=summary.last_registered_at,
+        last_heartbeat_at=summary.last_heartbeat_at,
+        active_registrations=summary.active_registrations,
+        connected_registrations=summary.connected_registrations,
+    )
 
 
 @router.get(
@@ -52,30 +58,8 @@ def _snapshot(override: StoredOverride | None) -> dict[str, object] | None:
 async def list_agents(request: Request, services: ServicesDep) -> AgentList:
     """Every agent that ever registered: presence, effective enforcement, overrides."""
     caller = await authenticate(request, services)
-    settings = services.settings
-    require_role(caller, settings.admin_role, settings.auditor_role)
-    summaries = await services.registry.summaries()
-    overrides = await services.overrides.all()
-    agents = []
-    for summary in summaries:
-        override = overrides.get(summary.agent_id)
-        forced = override.enforce_client_authz if override else None
-        agents.append(
-            AgentInfo(
-                agent_id=summary.agent_id,
-                present=summary.connected_registrations > 0,
-                enforce_client_authz=summary.enforce_client_authz if forced is None else forced,
-                registered_enforce_client_authz=summary.enforce_client_authz,
-                override=_override_response(override) if override else None,
-                version=summary.version,
-                first_registered_at=summary.first_registered_at,
-                last_registered_at=summary.last_registered_at,
-                last_heartbeat_at=summary.last_heartbeat_at,
-                active_registrations=summary.active_registrations,
-                connected_registrations=summary.connected_registrations,
-            )
-        )
-    return AgentList(agents=agents)
+    agents = await services.agents.overview(caller)
+    return AgentList(agents=[_agent_info(agent) for agent in agents])
 
 
 @router.get(
@@ -89,10 +73,7 @@ async def get_override(
 ) -> OverrideResponse:
     """The operator override of an agent's client authorization; 404 when there is none."""
     caller = await authenticate(request, services)
-    require_role(caller, services.settings.admin_role, services.settings.auditor_role)
-    override = await services.overrides.get(str(agent_id))
-    if override is None:
-        raise NotFound(f"Agent '{agent_id}' has no authorization override")
+    override = await services.authorization.read_override(caller, str(agent_id))
     return _override_response(override)
 
 
@@ -104,25 +85,24 @@ async def get_override(
     responses=error_responses(400, 401, 403, 413, 415, 500, 503),
 )
 async def set_override(
-    agent_id: uuid.UUID, request: Request, services: ServicesDep, context: RequestContextDep
+    agent_id: uuid.UUID,
+    request: Request,
+    services: ServicesDep,
+    bodies: BodiesDep,
+    context: RequestContextDep,
 ) -> OverrideResponse:
     """Force enforcement on or off, and/or allow further client apps, for one agent."""
     async with services.audit_scope(AuditEvent.AUTHZ_OVERRIDE_SET, context) as audit:
         caller = await authenticate(request, services, audit)
-        audit.set(agent_id=str(agent_id))
-        require_role(caller, services.settings.admin_role)
-        body = await read_json_body(
-            request, OverrideBody, max_bytes=services.settings.max_body_bytes
-        )
-        change = await services.overrides.set(
-            str(agent_id),
+        right = services.authorization.may_change(caller, str(agent_id), audit)
+        body = await bodies.read(request, OverrideBody)
+        override = await services.authorization.set_override(
+            right,
+            audit,
             enforce_client_authz=body.enforce_client_authz,
             additional_clients=body.additional_clients,
-            updated_by=f"{caller.cwid} ({caller.subject_key})",
         )
-        audit.detail(before=_snapshot(change.before), after=_snapshot(change.after))
-    assert change.after is not None
-    return _override_response(change.after)
+    return _override_response(override)
 
 
 @router.delete(
@@ -140,8 +120,6 @@ async def clear_override(
         AuditEvent.AUTHZ_OVERRIDE_CLEAR, context, granted_status=204
     ) as audit:
         caller = await authenticate(request, services, audit)
-        audit.set(agent_id=str(agent_id))
-        require_role(caller, services.settings.admin_role)
-        change = await services.overrides.clear(str(agent_id))
-        audit.detail(before=_snapshot(change.before))
+        right = services.authorization.may_change(caller, str(agent_id), audit)
+        await services.authorization.clear_override(right, audit)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ each of them a 4xx with the contract's body and a message that says what is wron
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -17,6 +18,16 @@ from starlette.requests import ClientDisconnect, Request
 from lkps.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class JsonBodies:
+    """Reads request bodies within the deployment's limit (LKPS_MAX_BODY_BYTES)."""
+
+    max_bytes: int
+
+    async def read(self, request: Request, model: type[ModelT], *, required: bool = True) -> ModelT:
+        return await read_json_body(request, model, max_bytes=self.max_bytes, required=required)
 
 
 async def read_json_body(

@@ -1,4 +1,5 @@
-"""Dependency aliases for routers."""
+"""Dependency aliases for routers: the services, the request's audit context, and the
+one thing of the settings a router needs, the body limit (inside `JsonBodies`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from fastapi import Depends, Security
 from fastapi.security import HTTPBearer
 from starlette.requests import Request
 
+from lkps.api.body import JsonBodies
 from lkps.api.middleware import request_id_of
 from lkps.audit import AuditScope, RequestContext
-from lkps.errors import Forbidden
 from lkps.identity import Caller
 from lkps.services import Services
 
@@ -25,6 +26,11 @@ BearerDoc = Security(bearer_scheme)
 async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_bodies(request: Request) -> JsonBodies:
+    bodies: JsonBodies = request.app.state.bodies
+    return bodies
 
 
 async def get_request_context(request: Request) -> RequestContext:
@@ -48,15 +54,6 @@ async def authenticate(
     return caller
 
 
-def require_role(caller: Caller, *roles: str) -> None:
-    """Refuse a caller holding none of `roles` (app roles, in the token's `roles`)."""
-    if not caller.roles.intersection(roles):
-        wanted = " or ".join(f"'{role}'" for role in roles)
-        raise Forbidden(
-            f"This requires the app role {wanted}",
-            reason=f"caller lacks app role {wanted}",
-        )
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
+BodiesDep = Annotated[JsonBodies, Depends(get_bodies)]
 RequestContextDep = Annotated[RequestContext, Depends(get_request_context)]

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from lkps.authorization.overrides import MAX_ADDITIONAL_CLIENTS
+from lkps.authorization.override import MAX_ADDITIONAL_CLIENTS
 from lkps.sessions.metadata import MAX_KEYS, check_metadata
 
 # A JSON object within the metadata limits (50 keys, 10,240 bytes, 32 levels). The
@@ -163,8 +163,33 @@ class AgentList(BaseModel):
     agents: list[AgentInfo]
 
 
+class AuditRecordModel(BaseModel):
+    """One record of the hash-chained trail, as `lkps.audit.AuditRecord` stores it
+    (tests/unit/audit/test_record_shape.py keeps the two alike)."""
+
+    seq: int = Field(description="Position in the chain, from 1, without gaps")
+    record_id: str
+    occurred_at: datetime
+    event: str = Field(description="`session.start`, `agent.register`, ... (docs/api.md)")
+    outcome: str = Field(description="`granted`, `denied` or `recorded` (LKPS's own events)")
+    status: int = Field(description="The HTTP status the caller saw (0 for LKPS's own events)")
+    reason: str | None
+    request_id: str | None
+    actor_tenant_id: str | None
+    actor_object_id: str | None
+    actor_cwid: str | None
+    client_app_id: str | None
+    agent_id: str | None
+    room_name: str | None
+    registration_id: str | None
+    client_ip: str | None
+    details: dict[str, Any]
+    prev_hash: str = Field(description="The previous record's `hash` (64 zeros for the first)")
+    hash: str = Field(description="SHA-256 over this record's canonical JSON and `prev_hash`")
+
+
 class AuditPage(BaseModel):
-    records: list[dict[str, Any]]
+    records: list[AuditRecordModel]
     next_cursor: str | None = Field(description="Pass back as `cursor` for older records")
 
 

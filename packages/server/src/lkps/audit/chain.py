@@ -13,31 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from lkps.audit.records import AuditRecord
+from lkps.audit.records import RECORD_FIELDS, AuditRecord
 
 GENESIS_HASH = "0" * 64
 
-# Everything in a record but its own hash, in a fixed order.
-HASHED_FIELDS = (
-    "seq",
-    "record_id",
-    "occurred_at",
-    "event",
-    "outcome",
-    "status",
-    "reason",
-    "request_id",
-    "actor_tenant_id",
-    "actor_object_id",
-    "actor_cwid",
-    "client_app_id",
-    "agent_id",
-    "room_name",
-    "registration_id",
-    "client_ip",
-    "details",
-    "prev_hash",
-)
+# Everything in a stored record but its own hash: derived, so that no field can be
+# stored without being hashed.
+HASHED_FIELDS = tuple(name for name in RECORD_FIELDS if name != "hash")
 
 
 def canonical_time(value: datetime) -> str:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import fields
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,18 +25,30 @@ from lkps.audit.chain import (
     record_hash,
     verify_chain,
 )
-from lkps.audit.records import AuditEntry, AuditRecord
+from lkps.audit.records import (
+    ENTRY_FIELDS,
+    AuditEntry,
+    AuditEvent,
+    AuditFilter,
+    AuditRecord,
+    Outcome,
+)
+from lkps.clock import Clock, SystemClock
 from lkps.errors import ServiceUnavailable
-from lkps.metrics import AUDIT_BATCH, AUDIT_FAILURES, AUDIT_WRITE
+from lkps.metrics import AUDIT_BATCH, AUDIT_FAILURES, AUDIT_RECORDS, AUDIT_WRITE
 from lkps.store import Database, StoreUnavailable
 from lkps.store import audit as queries
 from lkps.store.engine import UNAVAILABLE_MESSAGE
 
 log = logging.getLogger(__name__)
+# Every written record's line, whoever wrote it: one logger operators can route.
+records_log = logging.getLogger("lkps.audit")
 
 _Pending = tuple[AuditEntry, "asyncio.Future[AuditRecord]"]
 
-_ENTRY_FIELDS = tuple(field.name for field in fields(AuditEntry))
+# Called with each record once it is durable, on the writing request's task; an
+# observer (a metric) must be cheap and must not raise.
+RecordObserver = Callable[[AuditEntry], None]
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -45,8 +57,18 @@ class AuditUnavailable(ServiceUnavailable):
 
 
 class AuditLog:
-    def __init__(self, db: Database, *, max_batch: int = 256, write_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock | None = None,
+        observers: Iterable[RecordObserver] = (),
+        max_batch: int = 256,
+        write_timeout: float = 10.0,
+    ) -> None:
         self._db = db
+        self.clock: Clock = clock or SystemClock()
+        self._observers = (count_record, *observers)
         self._max_batch = max_batch
         self._write_timeout = write_timeout
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -70,12 +92,54 @@ class AuditLog:
         self._writer = None
 
     async def append(self, entry: AuditEntry) -> AuditRecord:
-        """Returns once the record is committed; raises `AuditUnavailable` otherwise."""
-        if not self.running:
-            raise AuditUnavailable("writer is not running")
-        future: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((entry, future))
-        return await future
+        """Returns once the record is committed, logged and counted; raises
+        `AuditUnavailable` otherwise."""
+        try:
+            if not self.running:
+                raise AuditUnavailable("writer is not running")
+            future: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
+            self._queue.put_nowait((entry, future))
+            record = await future
+        except AuditUnavailable as failure:
+            records_log.error(
+                "audit record not written; refusing %s",
+                entry.event,
+                extra={"audit_event": str(entry.event), "reason": failure.reason},
+            )
+            raise
+        for observe in self._observers:
+            observe(entry)
+        level = logging.WARNING if entry.outcome == Outcome.DENIED else logging.INFO
+        records_log.log(
+            level,
+            "%s %s",
+            entry.event,
+            entry.outcome,
+            extra={**entry.log_fields(), "audit_seq": record.seq},
+        )
+        return record
+
+    async def record_event(
+        self,
+        event: AuditEvent,
+        *,
+        reason: str,
+        agent_id: str | None = None,
+        registration_id: str | None = None,
+    ) -> AuditRecord:
+        """Record something LKPS noticed on its own behalf (no request, no caller)."""
+        return await self.append(
+            AuditEntry(
+                event=event,
+                outcome=Outcome.RECORDED,
+                status=0,
+                occurred_at=self.clock.now(),
+                record_id=str(uuid.uuid4()),
+                reason=reason,
+                agent_id=agent_id,
+                registration_id=registration_id,
+            )
+        )
 
     async def _run(self) -> None:
         stopping = False
@@ -145,7 +209,7 @@ class AuditLog:
             return await queries.latest_records(session, limit)
 
     async def query(
-        self, where: queries.AuditFilter, *, limit: int, before_seq: int | None = None
+        self, where: AuditFilter, *, limit: int, before_seq: int | None = None
     ) -> list[AuditRecord]:
         async with self._db.session() as session:
             return await queries.query_records(session, where, limit=limit, before_seq=before_seq)
@@ -157,10 +221,23 @@ class AuditLog:
         return await verify_chain(self.records(up_to=head_seq), head_seq, head_hash)
 
 
+# Label children by label values (bounded: events and outcomes): `.labels()` validates
+# and locks on every call.
+_record_counters: dict[tuple[str, str], Any] = {}
+
+
+def count_record(entry: AuditEntry) -> None:
+    key = (str(entry.event), str(entry.outcome))
+    counter = _record_counters.get(key)
+    if counter is None:
+        counter = _record_counters[key] = AUDIT_RECORDS.labels(*key)
+    counter.inc()
+
+
 def _row(entry: AuditEntry) -> dict[str, Any]:
     # A shallow copy: `dataclasses.asdict` deep-copies, which cost more than the insert
     # itself, and the one mutable field (`details`) is replaced just below.
-    row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
+    row = {name: getattr(entry, name) for name in ENTRY_FIELDS}
     row["event"] = str(entry.event)
     row["outcome"] = str(entry.outcome)
     row["details"] = canonical_json(entry.details) if entry.details else None

@@ -1,9 +1,16 @@
-"""What an audit record says."""
+"""What an audit record says: the one definition of its fields.
+
+`AuditEntry` is a record before it joins the chain, `AuditRecord` the same content
+as stored, with its place in the chain. Everything else that lists the fields derives
+them from these two (the hashed fields in `chain.py`) or is pinned to them by
+tests/unit/audit/test_record_shape.py (the table, the API's and the client's models),
+so a field added here cannot be stored unhashed or served undocumented.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -47,6 +54,23 @@ class AuditEntry:
     client_ip: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
+    def log_fields(self) -> dict[str, object]:
+        """What the log line of a written record carries: the actor's tenant and
+        object ids stay in the trail, which fewer people read than a log stream."""
+        return {
+            "audit_event": str(self.event),
+            "outcome": str(self.outcome),
+            "status": self.status,
+            "reason": self.reason,
+            "agent_id": self.agent_id,
+            "client_app_id": self.client_app_id,
+            "cwid": self.actor_cwid,
+            "room_name": self.room_name,
+        }
+
+
+ENTRY_FIELDS = tuple(entry_field.name for entry_field in fields(AuditEntry))
+
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
@@ -77,3 +101,20 @@ class AuditRecord:
         document["occurred_at"] = self.occurred_at.isoformat()
         document["details"] = json.loads(self.details) if self.details else {}
         return document
+
+
+RECORD_FIELDS = tuple(record_field.name for record_field in fields(AuditRecord))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """A search of the trail: every field given must match (`since` <= occurred_at <
+    `until`). Field names are the record's own."""
+
+    event: str | None = None
+    outcome: str | None = None
+    agent_id: str | None = None
+    client_app_id: str | None = None
+    actor_cwid: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None

@@ -1,39 +1,17 @@
-"""Operator overrides: an agent's client authorization as an LKPS operator set it.
-
-An override may switch enforcement on or off whatever the agent's registration says,
-and may allow client apps on top of the authorization source's list (for a partner app
-while the agent owner's Entra change is pending, say). It never removes a client the
-source allows: revoking is done where the owner controls it, in Entra.
-"""
+"""Operator overrides as the store keeps them (see `override.py` for what one means)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from lkps.authorization.override import (
+    AuthorizationOverride,
+    OverrideChange,
+    canonical_client_ids,
+)
 from lkps.clock import Clock
-from lkps.errors import BadRequest
 from lkps.store import Database
 from lkps.store import overrides as queries
-from lkps.store.overrides import StoredOverride
-
-MAX_ADDITIONAL_CLIENTS = 500
-
-
-@dataclass(frozen=True, slots=True)
-class OverrideChange:
-    before: StoredOverride | None
-    after: StoredOverride | None
-
-
-def canonical_client_ids(values: Sequence[str]) -> tuple[str, ...]:
-    if len(values) > MAX_ADDITIONAL_CLIENTS:
-        raise BadRequest(f'"additional_clients" may list at most {MAX_ADDITIONAL_CLIENTS} clients')
-    try:
-        return tuple(sorted({str(uuid.UUID(value)) for value in values}))
-    except (ValueError, TypeError, AttributeError):
-        raise BadRequest('"additional_clients" must be client app ids (UUIDs)') from None
 
 
 class AuthorizationOverrides:
@@ -41,11 +19,11 @@ class AuthorizationOverrides:
         self._db = db
         self._clock = clock
 
-    async def get(self, agent_id: str) -> StoredOverride | None:
+    async def get(self, agent_id: str) -> AuthorizationOverride | None:
         async with self._db.session() as session:
             return await queries.get_override(session, agent_id)
 
-    async def all(self) -> dict[str, StoredOverride]:
+    async def all(self) -> dict[str, AuthorizationOverride]:
         async with self._db.session() as session:
             return await queries.all_overrides(session)
 
@@ -57,7 +35,7 @@ class AuthorizationOverrides:
         additional_clients: Sequence[str],
         updated_by: str,
     ) -> OverrideChange:
-        after = StoredOverride(
+        after = AuthorizationOverride(
             agent_id=agent_id,
             enforce_client_authz=enforce_client_authz,
             additional_clients=canonical_client_ids(additional_clients),

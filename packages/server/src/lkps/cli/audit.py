@@ -29,8 +29,7 @@ from lkps.cli.remote import (
 )
 
 if TYPE_CHECKING:
-    from lkps.audit import AuditLog
-    from lkps.store.audit import AuditFilter
+    from lkps.audit import AuditFilter, AuditLog
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 
@@ -181,7 +180,7 @@ def search(
         for record in found:
             typer.echo(to_json(record))
         return
-    from lkps.store.audit import AuditFilter
+    from lkps.audit import AuditFilter
 
     where = AuditFilter(
         event=event,

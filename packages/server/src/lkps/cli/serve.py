@@ -32,9 +32,9 @@ def serve(
         settings.check_servable()
         # Once, here, before any worker starts: a store LKPS cannot run on is one line
         # naming the fix, not a traceback per worker (each worker checks again).
-        from lkps.services import prepare_database
+        from lkps.store.preflight import prepare_database
 
-        asyncio.run(prepare_database(settings, settings.database_url))
+        asyncio.run(prepare_database(settings.database_url))
     except ConfigurationError as exc:
         fail(f"cannot serve: {exc}")
     prepare_worker_metrics(settings)

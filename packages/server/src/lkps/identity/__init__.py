@@ -2,6 +2,7 @@
 
 from lkps.identity.caller import Caller
 from lkps.identity.jwks import JwksCache
+from lkps.identity.roles import AppRoles, require_role
 from lkps.identity.validator import TokenValidator
 
-__all__ = ["Caller", "JwksCache", "TokenValidator"]
+__all__ = ["AppRoles", "Caller", "JwksCache", "TokenValidator", "require_role"]

@@ -1,5 +1,5 @@
 """Session start: a fresh room, a participant token, and the agent dispatched into it."""
 
-from lkps.sessions.service import SessionService, StartedSession
+from lkps.sessions.service import SESSION_FAILED, SessionRequest, SessionService, StartedSession
 
-__all__ = ["SessionService", "StartedSession"]
+__all__ = ["SESSION_FAILED", "SessionRequest", "SessionService", "StartedSession"]

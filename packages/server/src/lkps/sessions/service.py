@@ -1,4 +1,4 @@
-"""Starting a session: presence, then authorization, then the token."""
+"""Starting a session: rate limits, presence, authorization, then the token."""
 
 from __future__ import annotations
 
@@ -8,12 +8,26 @@ from datetime import timedelta
 from typing import Any
 
 from lkps.agents import AgentRegistry, agent_not_connected
+from lkps.audit import AuditScope
 from lkps.authorization import ClientAuthorizer
 from lkps.clock import Clock
 from lkps.identity import Caller
+from lkps.limits.limiter import Limit, RateLimiter
 from lkps.livekit import IssuedToken, TokenMinter, dispatch_room_config
 from lkps.sessions.metadata import dispatch_metadata
 from lkps.sessions.room_names import new_room_name
+
+# The contract's message for a session start that failed inside LKPS (500).
+SESSION_FAILED = "Session creation failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRequest:
+    """What a client asks for, whichever endpoint it asked through (`via`)."""
+
+    agent_id: uuid.UUID
+    metadata: dict[str, Any] | None
+    via: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +37,6 @@ class StartedSession:
     room_name: str
     livekit_url: str
     participant_token: IssuedToken
-    authorization_reason: str
 
 
 class SessionService:
@@ -32,6 +45,7 @@ class SessionService:
         registry: AgentRegistry,
         authorizer: ClientAuthorizer,
         minter: TokenMinter,
+        limits: RateLimiter,
         clock: Clock,
         *,
         livekit_url: str,
@@ -41,17 +55,22 @@ class SessionService:
         self._registry = registry
         self._authorizer = authorizer
         self._minter = minter
+        self._limits = limits
         self._clock = clock
         self._livekit_url = livekit_url
         self._max_participants = max_participants
         self._ttl = timedelta(seconds=participant_token_ttl)
 
     async def start(
-        self, caller: Caller, agent_id: uuid.UUID, metadata: dict[str, Any] | None
+        self, caller: Caller, request: SessionRequest, audit: AuditScope
     ) -> StartedSession:
-        """Raises `NotFound` (agent absent), `Forbidden` (client not allowed) or
-        `ServiceUnavailable` (store or authorization source down)."""
-        agent = str(agent_id)
+        """Raises `TooManyRequests`, `NotFound` (agent absent), `Forbidden` (client not
+        allowed) or `ServiceUnavailable` (store or authorization source down)."""
+        agent = str(request.agent_id)
+        audit.set_agent(agent)
+        await self._limits.check(Limit.SESSION_PER_CLIENT, caller.client_app_id)
+        if not caller.app_only:
+            await self._limits.check(Limit.SESSION_PER_USER, caller.subject_key)
         # Presence first: whether the agent enforces client authorization is part of
         # what its registration says.
         presence = await self._registry.presence(agent)
@@ -64,20 +83,29 @@ class SessionService:
             additional_clients=presence.additional_clients,
         )
         room = new_room_name(caller.cwid, agent, self._clock.now())
+        audit.set_room(room)
+        metadata = dispatch_metadata(request.metadata)
         token = self._minter.participant_token(
             identity=caller.cwid,
             name=caller.name,
             room=room,
             room_config=dispatch_room_config(
-                agent, dispatch_metadata(metadata), max_participants=self._max_participants
+                agent, metadata, max_participants=self._max_participants
             ),
             ttl=self._ttl,
         )
-        return StartedSession(
+        session = StartedSession(
             session_id=str(uuid.uuid4()),
             agent_id=agent,
             room_name=room,
             livekit_url=self._livekit_url,
             participant_token=token,
-            authorization_reason=decision.reason,
         )
+        audit.detail(
+            via=request.via,
+            session_id=session.session_id,
+            token_expires_at=token.expires_at.isoformat(),
+            metadata_bytes=len(metadata.encode()),
+        )
+        audit.grant(reason=decision.reason)
+        return session

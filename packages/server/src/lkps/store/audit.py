@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.types import Text, TypeEngine
 
 from lkps.audit.chain import HashedText
-from lkps.audit.records import AuditRecord
+from lkps.audit.records import AuditFilter, AuditRecord
 from lkps.store.models import AuditChainHead, AuditRecordRow
 from lkps.store.types import PortableString
 
@@ -195,17 +194,6 @@ def _utc_bound(moment: datetime | None) -> datetime | object | None:
     except OverflowError:
         offset = moment.utcoffset() or timedelta(0)
         return _BEFORE_ALL if offset > timedelta(0) else _AFTER_ALL
-
-
-@dataclass(frozen=True, slots=True)
-class AuditFilter:
-    event: str | None = None
-    outcome: str | None = None
-    agent_id: str | None = None
-    client_app_id: str | None = None
-    actor_cwid: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 async def query_records(

@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lkps.authorization.override import AuthorizationOverride
 from lkps.store.models import AuthorizationOverrideRow
 from lkps.store.upsert import upsert
-
-
-@dataclass(frozen=True, slots=True)
-class StoredOverride:
-    agent_id: str
-    enforce_client_authz: bool | None
-    additional_clients: tuple[str, ...]
-    updated_at: datetime
-    updated_by: str
 
 
 def decode_clients(raw: str | None) -> tuple[str, ...]:
     return tuple(json.loads(raw)) if raw else ()
 
 
-def _to_override(row: AuthorizationOverrideRow) -> StoredOverride:
-    return StoredOverride(
+def _to_override(row: AuthorizationOverrideRow) -> AuthorizationOverride:
+    return AuthorizationOverride(
         row.agent_id,
         row.enforce_client_authz,
         decode_clients(row.additional_clients),
@@ -36,12 +26,12 @@ def _to_override(row: AuthorizationOverrideRow) -> StoredOverride:
     )
 
 
-async def get_override(session: AsyncSession, agent_id: str) -> StoredOverride | None:
+async def get_override(session: AsyncSession, agent_id: str) -> AuthorizationOverride | None:
     row = await session.get(AuthorizationOverrideRow, agent_id)
     return None if row is None else _to_override(row)
 
 
-async def put_override(session: AsyncSession, override: StoredOverride) -> None:
+async def put_override(session: AsyncSession, override: AuthorizationOverride) -> None:
     values = {
         "agent_id": override.agent_id,
         "enforce_client_authz": override.enforce_client_authz,
@@ -62,6 +52,6 @@ async def delete_override(session: AsyncSession, agent_id: str) -> bool:
     return result.first() is not None
 
 
-async def all_overrides(session: AsyncSession) -> dict[str, StoredOverride]:
+async def all_overrides(session: AsyncSession) -> dict[str, AuthorizationOverride]:
     rows = (await session.execute(select(AuthorizationOverrideRow))).scalars()
     return {row.agent_id: _to_override(row) for row in rows}

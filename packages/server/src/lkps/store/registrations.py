@@ -4,24 +4,16 @@ too; presence is therefore a query, not a flag to keep in sync."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lkps.agents.presence import AgentCounts, AgentFacts, AgentSummary
 from lkps.store.engine import Database
 from lkps.store.models import AgentRow, AuthorizationOverrideRow, RegistrationRow
 from lkps.store.overrides import decode_clients
 from lkps.store.upsert import upsert
-
-
-@dataclass(frozen=True, slots=True)
-class AgentFacts:
-    enforce_client_authz: bool
-    version: str | None
-    override_enforce: bool | None
-    additional_clients: tuple[str, ...]
 
 
 def _live(now: datetime | ColumnElement[datetime]) -> list[ColumnElement[bool]]:
@@ -228,13 +220,6 @@ async def reopen_registrations(session: AsyncSession, registration_ids: list[str
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AgentCounts:
-    registered: int
-    present: int
-    live_registrations: int
-
-
 async def agent_counts(session: AsyncSession, now: datetime) -> AgentCounts:
     registered = (await session.execute(select(func.count()).select_from(AgentRow))).scalar_one()
     present, live = (
@@ -248,18 +233,6 @@ async def agent_counts(session: AsyncSession, now: datetime) -> AgentCounts:
         )
     ).one()
     return AgentCounts(int(registered), int(present), int(live))
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSummary:
-    agent_id: str
-    enforce_client_authz: bool
-    version: str | None
-    first_registered_at: datetime
-    last_registered_at: datetime
-    last_heartbeat_at: datetime | None
-    active_registrations: int
-    connected_registrations: int
 
 
 async def agent_summaries(session: AsyncSession, now: datetime) -> list[AgentSummary]:

@@ -1,0 +1,65 @@
+"""What LKPS knows of an agent right now: value types only, shared by the registry,
+the store's queries and the operators' view, so none of them imports the others."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+def effective_enforcement(registered: bool, override: bool | None) -> bool:
+    """An operator's override wins over what the agent registered with."""
+    return registered if override is None else override
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFacts:
+    """A present agent as one store read finds it."""
+
+    enforce_client_authz: bool
+    version: str | None
+    override_enforce: bool | None
+    additional_clients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPresence:
+    agent_id: str
+    registered_enforce: bool
+    version: str | None
+    override_enforce: bool | None
+    additional_clients: frozenset[str]
+
+    @property
+    def enforce_client_authz(self) -> bool:
+        return effective_enforcement(self.registered_enforce, self.override_enforce)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    registration_id: str
+    agent_id: str
+    renewed: bool
+    enforce_client_authz: bool
+    presence_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCounts:
+    registered: int
+    present: int
+    live_registrations: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSummary:
+    """An agent that ever registered, with its live registrations counted."""
+
+    agent_id: str
+    enforce_client_authz: bool
+    version: str | None
+    first_registered_at: datetime
+    last_registered_at: datetime
+    last_heartbeat_at: datetime | None
+    active_registrations: int
+    connected_registrations: int
