@@ -3,6 +3,7 @@
     python3 -m uv run python bench/run.py                 # default, about 3 minutes
     python3 -m uv run python bench/run.py --large-store   # + 1,000,000 audit rows, 10,000 agents
     python3 -m uv run python bench/run.py --granian --profile --redis
+    python3 -m uv run python bench/run.py --baseline origin/main  # before/after, one run
 
 What it does:
 
@@ -356,6 +357,26 @@ def lkps_uvicorn(
     port, metrics_port = free_port(), free_port()
     env = lkps_env(ids, database, port, metrics_port, workers, out, redis)
     return ServerSpec(name, "lkps", [str(VENV_BIN / "lkps"), "serve"], env, port, metrics_port)
+
+
+def lkps_baseline(
+    ids: Identities, database: str, workers: int, out: Path, rev: str
+) -> tuple[ServerSpec, Path]:
+    """LKPS as it was at `rev`: its `packages/server/src` (a detached git worktree under
+    `out`) ahead of this checkout's on the path, with this checkout's environment. For
+    before/after figures from one run, on one machine state; the store's schema must be
+    the same at both revisions."""
+    source = out / f"baseline-{rev}"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(source), rev],
+        check=True,
+        capture_output=True,
+    )
+    port, metrics_port = free_port(), free_port()
+    env = lkps_env(ids, database, port, metrics_port, workers, out, redis=False)
+    env["PYTHONPATH"] = str(source / "packages" / "server" / "src")
+    argv = [str(VENV_BIN / "python"), "-m", "lkps", "serve"]
+    return ServerSpec(f"lkps-baseline[{rev}]", "lkps", argv, env, port, metrics_port), source
 
 
 def lkps_granian(
@@ -1005,6 +1026,16 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
             f"peak RSS per LKPS worker = {rss:.0f} MB (target <= {TARGETS['rss_mb']:.0f} MB): "
             f"{mark(rss <= TARGETS['rss_mb'])}"
         )
+    baseline = first(lambda r: r["server"].startswith("lkps-baseline"))
+    if lkps and baseline:
+        before, after = (r["full_speed"]["throughput_rps"] for r in (baseline, lkps))
+        (_, p99_before, _), (_, p99_after, _) = paced_summary(baseline), paced_summary(lkps)
+        change = 100 * (after - before) / before
+        lines.append(
+            f"this checkout vs {baseline['server']}: full speed {before:,.0f} -> {after:,.0f} "
+            f"req/s ({change:+.1f}%), p99 at {lkps['paced'][0]['target_rate']:.0f} req/s "
+            f"{p99_before} -> {p99_after} ms (allowed: -10 % throughput): {mark(change >= -10)}"
+        )
     if lkps and large:
         full_a = lkps["full_speed"]["throughput_rps"]
         full_b = large["full_speed"]["throughput_rps"]
@@ -1082,6 +1113,12 @@ def parse_args() -> argparse.Namespace:
         default=[],
         metavar="CHANGES",
         help="also LKPS with bench/whatif.py changes, e.g. 'pool,presence-cache' (repeatable)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        metavar="REV",
+        help="also LKPS at git revision REV, measured first: before/after in one run",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy LKPS at full speed")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
@@ -1183,6 +1220,14 @@ def main() -> int:
             )
             if args.profile and not ctx.profile_spy:
                 say("py-spy not found (uv tool install py-spy): no profile")
+            if args.baseline:
+                spec, source = lkps_baseline(ids, database, args.workers, out, args.baseline)
+                stack.callback(
+                    subprocess.run,
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(source)],
+                    check=False,
+                )
+                measure_server(ctx, spec, label="empty store", paced_repeats=args.repeats)
             measure_server(
                 ctx,
                 lkps_uvicorn(ids, database, args.workers, out, False, "lkps-uvicorn"),
