@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from lkps import __version__
 from lkps.api import admin, agents, audit, health, sessions
+from lkps.api.cors import CorsMiddleware
 from lkps.api.errors import install_error_handlers
 from lkps.api.metrics_middleware import MetricsMiddleware
 from lkps.api.middleware import RequestIdMiddleware
@@ -35,6 +36,7 @@ def create_app(
     """Build LKPS. `jwks_transport` and `mounts` exist for `lkps dev`, which serves its
     development identity provider from the same process; `authorization_source`
     replaces the configured one (tests, embedding)."""
+    cors_origins = settings.cors_origins()  # before anything starts: refuses bad entries
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +64,8 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app)
+    if cors_origins:  # without browser origins, nothing on the request path
+        app.add_middleware(CorsMiddleware, origins=cors_origins)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for router in (health.router, sessions.router, agents.router, admin.router, audit.router):
