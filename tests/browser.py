@@ -37,6 +37,9 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-extensions",
+    # Every host name unresolvable: pages reach only what they name by IP (127.0.0.1), so
+    # a page that needs the internet (a CDN) fails here as it would offline.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 )

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from lkps.app import create_app
 from lkps.config import Settings
 from lkps_testkit import EntraDouble, ServerThread
-from tests.browser import Browser, chromium_or_skip, headless_chromium
+from tests.browser import Browser
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_A
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backends("sqlite")]
@@ -54,13 +54,6 @@ async function startSession(base, token, agent) {
 
 async def _page(_: object) -> HTMLResponse:
     return HTMLResponse(PAGE)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    executable = chromium_or_skip()
-    with headless_chromium(executable, tmp_path_factory.mktemp("browser")) as started:
-        yield started
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from lkps import __version__
 from lkps.api import admin, agents, audit, health, sessions
 from lkps.api.cors import CorsMiddleware
+from lkps.api.docs import install_docs
 from lkps.api.errors import install_error_handlers
 from lkps.api.metrics_middleware import MetricsMiddleware
 from lkps.api.middleware import RequestIdMiddleware
@@ -55,7 +56,7 @@ def create_app(
         version=__version__,
         summary="Entra ID-authenticated LiveKit sessions and agent registration",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # lkps.api.docs serves Swagger UI from the package, not a CDN
         redoc_url=None,
         openapi_url="/api/openapi.json",
         # No 307 to "the same path without its slash" (built from the caller's Host).
@@ -64,6 +65,7 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     if cors_origins:  # without browser origins, nothing on the request path
         app.add_middleware(CorsMiddleware, origins=cors_origins)
     app.add_middleware(MetricsMiddleware)
