@@ -36,6 +36,18 @@ def test_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("origins", ["*", "https://app.example.com, http://localhost:*"])
+def test_serve_refuses_wildcard_browser_origins(
+    tmp_path: Path, entra: EntraDouble, entra_server: ServerThread, origins: str
+) -> None:
+    env = servable_environment(tmp_path, entra, entra_server, LKPS_CORS_ALLOW_ORIGINS=origins)
+    result = run_lkps("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot serve: LKPS_CORS_ALLOW_ORIGINS" in result.stderr
+    assert "only accepted with LKPS_ENV=dev" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def servable_environment(
     tmp_path: Path, entra: EntraDouble, entra_server: ServerThread, **variables: str
 ) -> dict[str, str]:

@@ -13,6 +13,7 @@ import pytest
 from lkps_testkit import EntraDouble, ServerThread, TlsFiles
 from lkps_testkit.livekit import LiveKitDouble
 from tests.backends import TestDatabase
+from tests.browser import Browser, chromium_or_skip, headless_chromium
 from tests.conftest import LIVEKIT_KEY, LIVEKIT_SECRET
 from tests.e2e.harness import AgentProcess, LiveKitEndpoint, lkps_replica
 from tests.processes import Replica
@@ -111,3 +112,11 @@ def make_stack(
             agent.stop()
         if stack.lkps is not None:
             stack.lkps.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """A headless Chromium (scripts/services installs it), shared by the browser tests."""
+    executable = chromium_or_skip()
+    with headless_chromium(executable, tmp_path_factory.mktemp("browser")) as started:
+        yield started

@@ -110,6 +110,15 @@ def test_graph_source_needs_a_secret_or_a_certificate() -> None:
     ).check_servable()
 
 
+def test_cors_origins_are_checked_with_the_rest() -> None:
+    assert servable(cors_allow_origins="https://app.example.com").cors_origins()
+    with pytest.raises(ConfigurationError) as refused:
+        servable(cors_allow_origins="*, https://app.example.com/").check_servable()
+    assert "LKPS_CORS_ALLOW_ORIGINS=* is only accepted with LKPS_ENV=dev" in str(refused.value)
+    assert "write it as https://app.example.com" in str(refused.value)
+    Settings(env="dev", cors_allow_origins=["*"]).cors_origins()  # dev may
+
+
 def test_heartbeat_must_be_shorter_than_presence() -> None:
     with pytest.raises(ConfigurationError, match="HEARTBEAT"):
         servable(heartbeat_interval=90, presence_ttl=90).check_servable()

@@ -15,6 +15,8 @@ from starlette.types import ASGIApp
 from lkps import __version__
 from lkps.api import admin, agents, audit, health, sessions
 from lkps.api.body import JsonBodies
+from lkps.api.cors import CorsMiddleware
+from lkps.api.docs import install_docs
 from lkps.api.errors import install_error_handlers
 from lkps.api.metrics_middleware import MetricsMiddleware
 from lkps.api.middleware import RequestIdMiddleware
@@ -36,6 +38,7 @@ def create_app(
     """Build LKPS. `jwks_transport` and `mounts` exist for `lkps dev`, which serves its
     development identity provider from the same process; `authorization_source`
     replaces the configured one (tests, embedding)."""
+    cors_origins = settings.cors_origins()  # before anything starts: refuses bad entries
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,7 +57,7 @@ def create_app(
         version=__version__,
         summary="Entra ID-authenticated LiveKit sessions and agent registration",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # lkps.api.docs serves Swagger UI from the package, not a CDN
         redoc_url=None,
         openapi_url="/api/openapi.json",
         # No 307 to "the same path without its slash" (built from the caller's Host).
@@ -64,6 +67,9 @@ def create_app(
     app.state.bodies = JsonBodies(max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
+    if cors_origins:  # without browser origins, nothing on the request path
+        app.add_middleware(CorsMiddleware, origins=cors_origins)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for router in (health.router, sessions.router, agents.router, admin.router, audit.router):

@@ -20,6 +20,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from lkps.origins import AllowedOrigins, parse_origins
+
 Environment = Literal["dev", "np", "prod"]
 AuthzSource = Literal["graph", "file"]
 
@@ -118,6 +120,9 @@ class Settings(BaseSettings):
     # or CIDRs; "*" trusts anyone, which only a private network may do). The audit's
     # client_ip is the first address not in this list.
     forwarded_allow_ips: str = "127.0.0.1"
+    # Browser origins (pages on other sites) that may call the API: comma-separated exact
+    # origins (lkps.origins). Empty: no CORS headers at all, as without a browser client.
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Prometheus metrics on their own port, bound to LKPS_METRICS_HOST (default: LKPS_HOST).
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
     metrics_host: str = ""
@@ -141,7 +146,7 @@ class Settings(BaseSettings):
             raise ConfigurationError(f"LKPS_CONFIG_FILE {config_file} is not a readable file")
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, config_file))
 
-    @field_validator("entra_audiences", "cwid_claims", mode="before")
+    @field_validator("entra_audiences", "cwid_claims", "cors_allow_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
@@ -184,6 +189,13 @@ class Settings(BaseSettings):
             return self.authz_source
         return "file" if self.is_dev else "graph"
 
+    def cors_origins(self) -> AllowedOrigins:
+        """The browser origins allowed to call the API; refuses entries that are not."""
+        allowed, problems = parse_origins(self.cors_allow_origins, dev=self.is_dev)
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return allowed
+
     def check_servable(self) -> None:
         """Refuse a configuration that would run an insecure or broken service."""
         problems: list[str] = []
@@ -217,6 +229,7 @@ class Settings(BaseSettings):
                 )
         if self.metrics_port and self.metrics_port == self.port:
             problems.append("LKPS_METRICS_PORT must differ from LKPS_PORT")
+        problems += parse_origins(self.cors_allow_origins, dev=self.is_dev)[1]
         if self.database_url.startswith("sqlite") and self.workers > 1:
             problems.append("SQLite serves one worker process; use PostgreSQL for LKPS_WORKERS>1")
         if not self.is_dev:

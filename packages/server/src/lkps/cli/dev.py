@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from lkps.cli.common import fail, load_settings
-from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, Settings
+from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, ConfigurationError, Settings
 from lkps.logs import configure_logging
+from lkps.origins import origin_of
 
 if TYPE_CHECKING:
     from lkps_testkit.entra import EntraDouble
@@ -31,6 +32,9 @@ DEV_AGENT_ID = "00000000-0000-4000-8000-0000000a9e47"
 DEV_APP_SECRET = "lkps-dev-secret"
 DEV_LIVEKIT_URL = "ws://127.0.0.1:7880"  # `livekit-server --dev`
 DEV_LIVEKIT_KEY, DEV_LIVEKIT_SECRET = "devkey", "secret"  # `livekit-server --dev`'s pair
+# Browser origins a dev instance allows unless LKPS_CORS_ALLOW_ORIGINS says otherwise,
+# besides its own: pages from local development servers, whatever port they took.
+DEV_CORS_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 
 STATE_DIR_OPTION = typer.Option(
     Path("var/dev"), "--state-dir", help="Dev signing key and allow-list"
@@ -73,6 +77,7 @@ def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Se
         "entra_jwks_url": f"http://{host}:{port}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/discovery/v2.0/keys",
         "livekit_url": base.livekit_url or DEV_LIVEKIT_URL,
         "livekit_api_key": base.livekit_api_key or DEV_LIVEKIT_KEY,
+        "cors_allow_origins": base.cors_allow_origins or [origin_of(host, port), *DEV_CORS_ORIGINS],
     }
     if not base.livekit_api_secret.get_secret_value():
         update["livekit_api_secret"] = type(base.livekit_api_secret)(DEV_LIVEKIT_SECRET)
@@ -106,6 +111,10 @@ def dev(
     from lkps.app import create_app
 
     settings = dev_settings(load_settings(), host=host, port=port, state_dir=state_dir)
+    try:
+        settings.cors_origins()
+    except ConfigurationError as exc:
+        fail(f"cannot serve: {exc}")
     idp = identity_provider(state_dir)
     idp_app = Starlette(routes=[Mount(DEV_JWKS_PATH, idp.asgi_app())])
     configure_logging(settings.log_level)
@@ -191,6 +200,7 @@ LKPS dev instance (LKPS_ENV=dev; development identity provider)
   API            {base}/api        docs: {base}/api/docs
   health         {base}/api/health/ready
   dev JWKS       {settings.jwks_url}
+  browser CORS   {", ".join(settings.cors_allow_origins)}
   LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key})
   database       {settings.database_url}
   allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
