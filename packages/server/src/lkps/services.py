@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from lkps.audit import (
 from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthorizationSource
 from lkps.authorization.graph import graph_source_from_settings
 from lkps.authorization.overrides import AuthorizationOverrides
+from lkps.background import BackgroundJobs
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
@@ -59,7 +59,7 @@ class Services:
     minter: TokenMinter
     overrides: AuthorizationOverrides
     limits: RateLimiter
-    background: list[asyncio.Task[None]] = field(default_factory=list)
+    background: BackgroundJobs = field(default_factory=BackgroundJobs)
 
     def audit_scope(
         self,
@@ -158,19 +158,22 @@ async def running_services(
 ) -> AsyncIterator[Services]:
     clock = clock or SystemClock()
     await prepare_database(settings, settings.database_url)
-    db = Database.from_url(
-        settings.database_url,
-        timeout=settings.database_timeout_seconds,
-        pool_size=settings.database_pool_size,
-    )
-    audit = AuditLog(db)
-    async with contextlib.AsyncExitStack() as clients:
-        http = await clients.enter_async_context(httpx.AsyncClient(verify=outbound_tls(settings)))
-        jwks_http = (
-            await clients.enter_async_context(httpx.AsyncClient(transport=jwks_transport))
-            if jwks_transport
-            else http
+    # Every teardown step is registered as soon as there is something to tear down, and
+    # each runs (in reverse) whatever the others, or a start-up step, raised.
+    async with contextlib.AsyncExitStack() as teardown:
+        db = Database.from_url(
+            settings.database_url,
+            timeout=settings.database_timeout_seconds,
+            pool_size=settings.database_pool_size,
         )
+        teardown.push_async_callback(_shutdown_step, "dispose of the database", db.dispose)
+        audit = AuditLog(db)
+        http = httpx.AsyncClient(verify=outbound_tls(settings))
+        teardown.push_async_callback(_shutdown_step, "close the HTTP client", http.aclose)
+        jwks_http = http
+        if jwks_transport:
+            jwks_http = httpx.AsyncClient(transport=jwks_transport)
+            teardown.push_async_callback(_shutdown_step, "close the JWKS client", jwks_http.aclose)
         jwks = JwksCache(
             settings.jwks_url,
             jwks_http,
@@ -189,6 +192,9 @@ async def running_services(
             default_enforce=settings.default_enforce_client_authz,
         )
         source = authorization_source or build_authorization_source(settings, http, clock)
+        teardown.push_async_callback(
+            _shutdown_step, "close the authorization source", source.aclose
+        )
         authorizer = ClientAuthorizer(source)
         services = Services(
             settings=settings,
@@ -221,43 +227,44 @@ async def running_services(
             overrides=AuthorizationOverrides(db, clock),
             limits=build_rate_limiter(settings, clock),
         )
+        teardown.push_async_callback(
+            _shutdown_step, "close the rate limiter", services.limits.aclose
+        )
         await audit.start()
+        teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
         await jwks.refresh()
         await source.start()
         with contextlib.suppress(ServiceUnavailable):
             await update_agent_gauges(services)
-        services.background += [
-            asyncio.create_task(jwks.run_background_refresh(), name="lkps-jwks-refresh"),
-            asyncio.create_task(_expire_registrations(services), name="lkps-presence-sweeper"),
-        ]
-        try:
-            yield services
-        finally:
-            for task in services.background:
-                task.cancel()
-            for task in services.background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await source.aclose()
-            await services.limits.aclose()
-            await audit.stop()
-            await db.dispose()
+        teardown.push_async_callback(
+            _shutdown_step, "stop the background jobs", services.background.aclose
+        )
+        services.background.every("lkps-jwks-refresh", jwks.refresh, jwks.next_refresh_in)
+        services.background.every(
+            "lkps-presence-sweeper",
+            lambda: sweep_presence(services),
+            max(1.0, settings.presence_ttl / 3),
+        )
+        yield services
 
 
-async def _expire_registrations(services: Services) -> None:
-    """Record each registration whose presence lapsed, once, in the audit trail.
+async def _shutdown_step(what: str, step: Callable[[], Awaitable[object]]) -> None:
+    """One step of the teardown: a failure is logged and the next step still runs."""
+    try:
+        await step()
+    except Exception:
+        log.exception("shutdown: could not %s", what)
+
+
+async def sweep_presence(services: Services) -> None:
+    """Record each registration whose presence lapsed, once, in the audit trail, and
+    update the agent gauges (a background job: a failing run is logged and retried).
 
     Presence itself never depends on this sweep: a session start compares
     `expires_at` with the clock. The sweep only makes the lapse visible.
     """
-    interval = max(1.0, services.settings.presence_ttl / 3)
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await sweep_expired_registrations(services)
-            await update_agent_gauges(services)
-        except Exception:
-            log.exception("presence sweep failed; will retry")
+    await sweep_expired_registrations(services)
+    await update_agent_gauges(services)
 
 
 async def update_agent_gauges(services: Services) -> None:

@@ -91,13 +91,10 @@ class JwksCache:
             self._inflight = asyncio.create_task(self._fetch())
         await asyncio.shield(self._inflight)
 
-    async def run_background_refresh(self) -> None:
-        """Keep the keys fresh: hourly when healthy, every cooldown while failing.
-
-        Call after a first `refresh()`."""
-        while True:
-            await asyncio.sleep(self._interval if self.loaded else self._cooldown)
-            await self.refresh()
+    def next_refresh_in(self) -> float:
+        """When the background refresh should run next: after the interval while keys
+        are loaded, after the cooldown while there are none."""
+        return self._interval if self.loaded else self._cooldown
 
     def _may_refresh(self) -> bool:
         if self._inflight is not None and not self._inflight.done():
