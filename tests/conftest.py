@@ -83,10 +83,12 @@ def entra(_entra_session: EntraDouble) -> Iterator[EntraDouble]:
     """The session's Entra double, with its keys, counters and availability reset."""
     keys = list(_entra_session.keys)
     _entra_session.jwks_available = True
+    _entra_session.jwks_body = None
     _entra_session.jwks_requests = 0
     yield _entra_session
     _entra_session.keys[:] = keys
     _entra_session.jwks_available = True
+    _entra_session.jwks_body = None
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ async def test_ready_when_everything_answers(lkps: Lkps) -> None:
         "signing_keys": "ok",
         "authorization": "ok",
         "audit_writer": "ok",
+        "background_jobs": "ok",
     }
 
 

@@ -62,6 +62,11 @@ REGISTRATIONS_LIVE = Gauge(
 JWKS_FETCHES = Counter(
     "lkps_jwks_fetches_total", "Fetches of the tenant's signing keys", ["outcome"]
 )
+BACKGROUND_FAILURES = Counter(
+    "lkps_background_failures_total",
+    "Runs of a background job (JWKS refresh, presence sweep) that raised; each is retried",
+    ["task"],
+)
 GRAPH_REQUESTS = Counter(
     "lkps_graph_requests_total",
     "Microsoft Graph reads of pre-authorized clients",

@@ -4,9 +4,9 @@ gets the values it needs, not the settings."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthor
 from lkps.authorization.graph import graph_source_from_settings
 from lkps.authorization.overrides import AuthorizationOverrides
 from lkps.authorization.service import AuthorizationService
+from lkps.background import BackgroundJobs
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
@@ -31,6 +32,8 @@ from lkps.sessions import SessionService
 from lkps.sessions.metrics import count_session_start
 from lkps.store import Database
 from lkps.store.preflight import prepare_database
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Services:
     minter: TokenMinter
     limits: RateLimiter
     sweeper: PresenceSweeper
-    background: list[asyncio.Task[None]] = field(default_factory=list)
+    background: BackgroundJobs = field(default_factory=BackgroundJobs)
 
     def audit_scope(
         self,
@@ -104,24 +107,25 @@ async def running_services(
 ) -> AsyncIterator[Services]:
     clock = clock or SystemClock()
     await prepare_database(settings.database_url)
-    db = Database.from_url(
-        settings.database_url,
-        timeout=settings.database_timeout_seconds,
-        pool_size=settings.database_pool_size,
-    )
-    audit = AuditLog(db, clock=clock, observers=[count_session_start])
     roles = AppRoles(
         admin=settings.admin_role, auditor=settings.auditor_role, agent=settings.agent_role
     )
-    async with contextlib.AsyncExitStack() as clients:
-        http = await clients.enter_async_context(
-            httpx.AsyncClient(verify=outbound_tls(settings.tls_ca_bundle))
+    # Every teardown step is registered as soon as there is something to tear down, and
+    # each runs (in reverse) whatever the others, or a start-up step, raised.
+    async with contextlib.AsyncExitStack() as teardown:
+        db = Database.from_url(
+            settings.database_url,
+            timeout=settings.database_timeout_seconds,
+            pool_size=settings.database_pool_size,
         )
-        jwks_http = (
-            await clients.enter_async_context(httpx.AsyncClient(transport=jwks_transport))
-            if jwks_transport
-            else http
-        )
+        teardown.push_async_callback(_shutdown_step, "dispose of the database", db.dispose)
+        audit = AuditLog(db, clock=clock, observers=[count_session_start])
+        http = httpx.AsyncClient(verify=outbound_tls(settings.tls_ca_bundle))
+        teardown.push_async_callback(_shutdown_step, "close the HTTP client", http.aclose)
+        jwks_http = http
+        if jwks_transport:
+            jwks_http = httpx.AsyncClient(transport=jwks_transport)
+            teardown.push_async_callback(_shutdown_step, "close the JWKS client", jwks_http.aclose)
         jwks = JwksCache(
             settings.jwks_url,
             jwks_http,
@@ -141,7 +145,11 @@ async def running_services(
         )
         overrides = AuthorizationOverrides(db, clock)
         limits = build_rate_limiter(settings, clock)
+        teardown.push_async_callback(_shutdown_step, "close the rate limiter", limits.aclose)
         source = authorization_source or build_authorization_source(settings, http, clock)
+        teardown.push_async_callback(
+            _shutdown_step, "close the authorization source", source.aclose
+        )
         authorizer = ClientAuthorizer(source)
         services = Services(
             clock=clock,
@@ -187,26 +195,27 @@ async def running_services(
             authorization=AuthorizationService(overrides, roles),
             minter=minter,
             limits=limits,
-            sweeper=PresenceSweeper(registry, audit, interval=max(1.0, settings.presence_ttl / 3)),
+            sweeper=PresenceSweeper(registry, audit),
         )
         await audit.start()
+        teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
         await jwks.refresh()
         await source.start()
         with contextlib.suppress(ServiceUnavailable):
             await services.sweeper.update_gauges()
-        services.background += [
-            asyncio.create_task(jwks.run_background_refresh(), name="lkps-jwks-refresh"),
-            asyncio.create_task(services.sweeper.run(), name="lkps-presence-sweeper"),
-        ]
-        try:
-            yield services
-        finally:
-            for task in services.background:
-                task.cancel()
-            for task in services.background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await source.aclose()
-            await services.limits.aclose()
-            await audit.stop()
-            await db.dispose()
+        teardown.push_async_callback(
+            _shutdown_step, "stop the background jobs", services.background.aclose
+        )
+        services.background.every("lkps-jwks-refresh", jwks.refresh, jwks.next_refresh_in)
+        services.background.every(
+            "lkps-presence-sweeper", services.sweeper.run_once, max(1.0, settings.presence_ttl / 3)
+        )
+        yield services
+
+
+async def _shutdown_step(what: str, step: Callable[[], Awaitable[object]]) -> None:
+    """One step of the teardown: a failure is logged and the next step still runs."""
+    try:
+        await step()
+    except Exception:
+        log.exception("shutdown: could not %s", what)

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 LOGIN_HOST = "https://login.microsoftonline.com"
@@ -145,6 +145,9 @@ class EntraDouble:
         default_factory=lambda: {GRAPH_RESOURCE: "1.0", GRAPH_APP_ID: "1.0"}
     )
     jwks_available: bool = True
+    # Served as the JWKS endpoint's body (application/json) instead of the key set, to
+    # test what a broken or hostile document does to a relying party.
+    jwks_body: bytes | None = None
     jwks_requests: int = 0
     token_requests: int = 0
     managed_identity_requests: int = 0
@@ -298,12 +301,14 @@ class EntraDouble:
             ]
         )
 
-    async def _keys_endpoint(self, request: Request) -> JSONResponse:
+    async def _keys_endpoint(self, request: Request) -> Response:
         self.jwks_requests += 1
         if not self.jwks_available:
             return _aad_error(503, "temporarily_unavailable", "AADSTS90033", "try again later")
         if not self._known_tenant(request):
             return _aad_error(400, "invalid_tenant", "AADSTS90002", "tenant not found")
+        if self.jwks_body is not None:
+            return Response(self.jwks_body, media_type="application/json")
         return JSONResponse(self.jwks())
 
     async def _openid_endpoint(self, request: Request) -> JSONResponse:

@@ -6,32 +6,23 @@ with the clock. The sweep only reports the lapse.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from lkps.agents.registry import AgentRegistry
 from lkps.audit import AuditEvent, AuditLog, AuditUnavailable
 from lkps.metrics import AGENTS_PRESENT, AGENTS_REGISTERED, REGISTRATIONS_LIVE
-
-log = logging.getLogger(__name__)
 
 LAPSED = "no register or heartbeat within the presence TTL"
 
 
 class PresenceSweeper:
-    def __init__(self, registry: AgentRegistry, audit: AuditLog, *, interval: float) -> None:
+    """Run as a background job (`lkps.background`): a failing run is logged and retried."""
+
+    def __init__(self, registry: AgentRegistry, audit: AuditLog) -> None:
         self._registry = registry
         self._audit = audit
-        self.interval = interval
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep()
-                await self.update_gauges()
-            except Exception:
-                log.exception("presence sweep failed; will retry")
+    async def run_once(self) -> None:
+        await self.sweep()
+        await self.update_gauges()
 
     async def sweep(self) -> int:
         """Record each registration whose presence lapsed; how many there were.

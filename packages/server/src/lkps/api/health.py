@@ -23,21 +23,25 @@ async def health() -> HealthResponse:
 
 @router.get("/ready", response_model=ReadinessResponse, responses=error_responses(503))
 async def ready(request: Request, services: ServicesDep) -> JSONResponse:
-    """200 when the store answers, signing keys are loaded and authorization can answer."""
+    """200 when the store answers, signing keys are loaded, authorization can answer and
+    every background job still runs."""
+    stopped = services.background.stopped()
     checks = {
         "store": await services.db.ping(),
         "signing_keys": services.jwks.loaded,
         "authorization": services.authorizer.source.ready(),
         "audit_writer": services.audit.running,
+        "background_jobs": not stopped,
     }
     report = {name: "ok" if passed else "failing" for name, passed in checks.items()}
     failing = [name for name, passed in checks.items() if not passed]
     if failing:
+        stopped_note = f" (stopped: {', '.join(stopped)})" if stopped else ""
         return error_response(
             request,
             503,
             "not_ready",
-            f"Not ready: {', '.join(failing)} failing",
+            f"Not ready: {', '.join(failing)} failing{stopped_note}",
             headers={"Retry-After": "5"},
             extra={"checks": report},
         )

@@ -87,9 +87,12 @@ class AuditLog:
         """Write what is queued, then stop."""
         if self._writer is None:
             return
+        writer, self._writer = self._writer, None
         self._queue.put_nowait(None)
-        await self._writer
-        self._writer = None
+        try:
+            await writer
+        except Exception:  # stopping goes on: the rest of the shutdown must still run
+            log.exception("the audit writer had failed")
 
     async def append(self, entry: AuditEntry) -> AuditRecord:
         """Returns once the record is committed, logged and counted; raises
@@ -161,6 +164,9 @@ class AuditLog:
         try:
             async with asyncio.timeout(self._write_timeout):
                 records = await self._write([entry for entry, _ in batch])
+            for (_, future), record in zip(batch, records, strict=True):
+                if not future.done():
+                    future.set_result(record)
         except Exception as exc:
             # Whatever went wrong, the batch fails closed (503) and the writer lives on:
             # a writer that died would leave every later request waiting.
@@ -177,9 +183,6 @@ class AuditLog:
         self.batches_written += 1
         AUDIT_WRITE.observe(time.perf_counter() - started)
         AUDIT_BATCH.observe(len(batch))
-        for (_, future), record in zip(batch, records, strict=True):
-            if not future.done():
-                future.set_result(record)
 
     async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
         if self._db.dialect == "postgresql":

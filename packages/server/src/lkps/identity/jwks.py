@@ -9,13 +9,11 @@ to Entra. A failed fetch keeps the last good keys.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 import httpx
 from jwt import PyJWK
-from jwt.exceptions import PyJWTError
 
 from lkps.clock import Clock
 from lkps.metrics import JWKS_FETCHES
@@ -27,25 +25,72 @@ class JwksUnavailable(Exception):
     """The key set could not be fetched or parsed."""
 
 
-def parse_signing_keys(document: Mapping[str, Any]) -> dict[str, PyJWK]:
-    """RSA signature keys of a JWKS document, by `kid`; anything else is skipped."""
-    keys: dict[str, PyJWK] = {}
+# Entra publishes a handful of keys in a few kilobytes; anything far larger is not a key
+# set LKPS should hold in memory or spend the event loop parsing.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_KEYS = 100
+
+
+def parse_signing_keys(document: object) -> dict[str, PyJWK]:
+    """RSA signature keys of a JWKS document, by `kid`; any other entry is skipped.
+
+    `document` is whatever the JSON parser returned, so any shape is met here: what is
+    not an object with a `keys` list raises `JwksUnavailable`; an entry that is not a
+    usable public RSA signature key is skipped (and counted in one warning, without the
+    entry's contents)."""
+    if not isinstance(document, dict):
+        raise JwksUnavailable(f"JWKS document is a JSON {_json_type(document)}, not an object")
     entries = document.get("keys")
     if not isinstance(entries, list):
         raise JwksUnavailable("JWKS document has no 'keys' list")
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        kid = entry.get("kid")
-        if not isinstance(kid, str) or entry.get("kty") != "RSA":
-            continue
-        if entry.get("use", "sig") != "sig":
-            continue
-        try:
-            keys[kid] = PyJWK(entry, algorithm="RS256")
-        except (PyJWTError, ValueError):
-            log.warning("skipping unusable JWKS key", extra={"kid": kid})
+    keys: dict[str, PyJWK] = {}
+    skipped = 0
+    for entry in entries[:MAX_KEYS]:
+        usable = _signing_key(entry)
+        if usable is None:
+            skipped += 1
+        else:
+            kid, key = usable
+            keys[kid] = key
+    if skipped or len(entries) > MAX_KEYS:
+        log.warning(
+            "JWKS document: %d of %d entries are not usable RSA signature keys%s",
+            skipped,
+            min(len(entries), MAX_KEYS),
+            f"; {len(entries) - MAX_KEYS} entries beyond the first {MAX_KEYS} ignored"
+            if len(entries) > MAX_KEYS
+            else "",
+        )
     return keys
+
+
+def _signing_key(entry: object) -> tuple[str, PyJWK] | None:
+    """The `kid` and public RSA signature key an entry describes, or None."""
+    if not isinstance(entry, dict):
+        return None
+    kid = entry.get("kid")
+    if not isinstance(kid, str) or not kid or entry.get("kty") != "RSA":
+        return None
+    if entry.get("use", "sig") != "sig":
+        return None
+    if "d" in entry:  # a private key has no place in a published key set
+        return None
+    try:
+        return kid, PyJWK(entry, algorithm="RS256")
+    except Exception:  # any malformed member: PyJWTError, ValueError, TypeError, ...
+        return None
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number"
 
 
 class JwksCache:
@@ -91,13 +136,10 @@ class JwksCache:
             self._inflight = asyncio.create_task(self._fetch())
         await asyncio.shield(self._inflight)
 
-    async def run_background_refresh(self) -> None:
-        """Keep the keys fresh: hourly when healthy, every cooldown while failing.
-
-        Call after a first `refresh()`."""
-        while True:
-            await asyncio.sleep(self._interval if self.loaded else self._cooldown)
-            await self.refresh()
+    def next_refresh_in(self) -> float:
+        """When the background refresh should run next: after the interval while keys
+        are loaded, after the cooldown while there are none."""
+        return self._interval if self.loaded else self._cooldown
 
     def _may_refresh(self) -> bool:
         if self._inflight is not None and not self._inflight.done():
@@ -107,25 +149,48 @@ class JwksCache:
         return self._clock.monotonic() - self._last_attempt >= self._cooldown
 
     async def _fetch(self) -> None:
+        """One fetch; never raises (but for cancellation): whatever the endpoint sends,
+        a failure keeps the last good keys and is logged without the document's contents."""
         self.fetch_count += 1
         try:
-            response = await self._http.get(self._url, timeout=self._timeout)
-            response.raise_for_status()
-            keys = parse_signing_keys(response.json())
-        except (httpx.HTTPError, ValueError, TypeError, JwksUnavailable) as exc:
-            self.failure_count += 1
-            JWKS_FETCHES.labels("error").inc()
-            log.warning(
-                "JWKS fetch failed; keeping %d known keys",
-                len(self._keys),
-                extra={"jwks_url": self._url, "error": type(exc).__name__},
-            )
+            async with asyncio.timeout(self._timeout):
+                document = await self._download()
+            keys = parse_signing_keys(document)
+        except Exception as exc:  # the endpoint is outside LKPS: any shape, any failure
+            self._failed("error", exc)
             return
         if not keys:
-            self.failure_count += 1
-            JWKS_FETCHES.labels("no_keys").inc()
-            log.warning("JWKS document has no usable RSA keys; keeping the known ones")
+            self._failed("no_keys", None)
             return
         self._keys = keys
         JWKS_FETCHES.labels("ok").inc()
         log.info("JWKS refreshed", extra={"jwks_url": self._url, "key_count": len(keys)})
+
+    async def _download(self) -> object:
+        """The parsed JSON document, read up to `MAX_DOCUMENT_BYTES` (a redirect or an
+        HTTP error status raises)."""
+        async with self._http.stream("GET", self._url, timeout=self._timeout) as response:
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise JwksUnavailable(f"JWKS document exceeds {MAX_DOCUMENT_BYTES} bytes")
+        return json.loads(body)
+
+    def _failed(self, outcome: str, exc: Exception | None) -> None:
+        self.failure_count += 1
+        JWKS_FETCHES.labels(outcome).inc()
+        reason = (
+            "no usable RSA signature keys"
+            if exc is None
+            else str(exc)
+            if isinstance(exc, JwksUnavailable)
+            else type(exc).__name__
+        )
+        log.warning(
+            "JWKS fetch failed (%s); keeping the %d known keys",
+            reason,
+            len(self._keys),
+            extra={"jwks_url": self._url, "error": reason},
+        )
