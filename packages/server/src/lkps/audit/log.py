@@ -39,12 +39,30 @@ from lkps.metrics import AUDIT_BATCH, AUDIT_FAILURES, AUDIT_RECORDS, AUDIT_WRITE
 from lkps.store import Database, StoreUnavailable
 from lkps.store import audit as queries
 from lkps.store.engine import UNAVAILABLE_MESSAGE
+from lkps.store.models import AUDIT_TEXT_LIMITS
 
 log = logging.getLogger(__name__)
 # Every written record's line, whoever wrote it: one logger operators can route.
 records_log = logging.getLogger("lkps.audit")
 
 _Pending = tuple[AuditEntry, "asyncio.Future[AuditRecord]"]
+
+# A reason can quote what a caller sent (a token header's `alg`, say): bounded, so
+# that no request can grow the trail or the log by more than this.
+REASON_LIMIT = 300
+_TEXT_LIMITS = {**AUDIT_TEXT_LIMITS, "reason": REASON_LIMIT}
+_MARK = "…"
+
+
+def bound(entry: AuditEntry) -> None:
+    """Cut every text field to what the store keeps, marking the cut, before the entry
+    is queued: one request's over-long value must never fail the batch it shares with
+    others' records (it did: one 65-character forwarded address failed 113 others)."""
+    for name, limit in _TEXT_LIMITS.items():
+        value = getattr(entry, name, None)
+        if isinstance(value, str) and len(value) > limit:
+            setattr(entry, name, value[: limit - len(_MARK)] + _MARK)
+
 
 # Called with each record once it is durable, on the writing request's task; an
 # observer (a metric) must be cheap and must not raise.
@@ -100,6 +118,7 @@ class AuditLog:
         try:
             if not self.running:
                 raise AuditUnavailable("writer is not running")
+            bound(entry)
             future: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
             self._queue.put_nowait((entry, future))
             record = await future
@@ -160,6 +179,28 @@ class AuditLog:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        failure = await self._try_commit(batch)
+        if failure is None:
+            return
+        if len(batch) > 1 and isinstance(failure, StoreUnavailable) and failure.refused_the_data:
+            # Not the store being away but something in one record: that record's
+            # request alone must fail, so each goes on its own (the refused statement
+            # stored nothing).
+            for pending in batch:
+                await self._commit([pending])
+            return
+        AUDIT_FAILURES.inc()
+        refusal = (
+            failure
+            if isinstance(failure, AuditUnavailable)
+            else AuditUnavailable(type(failure).__name__)
+        )
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(refusal)
+
+    async def _try_commit(self, batch: list[_Pending]) -> Exception | None:
+        """Commit `batch` and answer its requests; or the failure, answering none."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._write_timeout):
@@ -171,18 +212,12 @@ class AuditLog:
             # Whatever went wrong, the batch fails closed (503) and the writer lives on:
             # a writer that died would leave every later request waiting.
             if not isinstance(exc, StoreUnavailable | AuditUnavailable | TimeoutError):
-                log.exception("audit batch failed")
-            AUDIT_FAILURES.inc()
-            failure = (
-                exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(type(exc).__name__)
-            )
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
-            return
+                log.exception("audit batch of %d failed", len(batch))
+            return exc
         self.batches_written += 1
         AUDIT_WRITE.observe(time.perf_counter() - started)
         AUDIT_BATCH.observe(len(batch))
+        return None
 
     async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
         if self._db.dialect == "postgresql":

@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy import Select, event, text
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -44,6 +50,13 @@ READ_COMMITTED = "read committed"
 class StoreUnavailable(ServiceUnavailable):
     def __init__(self, reason: str) -> None:
         super().__init__(UNAVAILABLE_MESSAGE, reason=f"store unavailable: {reason}")
+
+    @property
+    def refused_the_data(self) -> bool:
+        """The store answered, and refused what a statement held (a value too long for
+        its column, a duplicate key): the statement wrote nothing, and the same
+        statement without the offending data would succeed. Not the store being away."""
+        return isinstance(self.__cause__, IntegrityError | DataError)
 
 
 def is_sqlite(url: str) -> bool:

@@ -84,6 +84,14 @@ class AuditRecordRow(Base):
     hash: Mapped[str] = mapped_column(PortableString(64))
 
 
+# The longest text each bounded audit column stores, in characters.
+AUDIT_TEXT_LIMITS: dict[str, int] = {
+    column.key: length
+    for column in AuditRecordRow.__table__.columns
+    if isinstance(length := getattr(column.type, "length", None), int)
+}
+
+
 class AuditChainHead(Base):
     """The single row every audit writer locks: the last sequence number and hash."""
 
