@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -96,3 +96,34 @@ def test_missing_secret_is_refused_when_minting(monkeypatch: pytest.MonkeyPatch)
     minter = TokenMinter(KEY, "", SystemClock())
     with pytest.raises(ValueError, match="api_key and api_secret must be set"):
         minter.agent_token(agent_name="agent-a", ttl=TTL)
+
+
+class _FixedClock:
+    """A wall clock years away from the real one, so a token stamped from any other
+    clock cannot pass for one stamped from this."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize("kind", ["participant", "agent"])
+def test_times_come_from_the_injected_clock(kind: str) -> None:
+    now = datetime(2041, 3, 4, 5, 6, 7, 890_000, tzinfo=UTC)
+    minter = TokenMinter(KEY, SECRET, _FixedClock(now))
+    if kind == "agent":
+        issued = minter.agent_token(agent_name="agent-a", ttl=TTL)
+    else:
+        config = dispatch_room_config("agent-a", "{}", max_participants=2)
+        issued = minter.participant_token(
+            identity="user_1", name=None, room="room_1", room_config=config, ttl=TTL
+        )
+    claims = _claims(issued.jwt)
+    assert issued.expires_at == now + TTL
+    assert claims["nbf"] == int(now.timestamp())
+    assert claims["exp"] == int(issued.expires_at.timestamp())

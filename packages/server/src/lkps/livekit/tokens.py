@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
@@ -100,12 +100,14 @@ class TokenMinter:
     def _issue(self, claims: dict[str, Any], identity: str, ttl: timedelta) -> IssuedToken:
         """Sign as `AccessToken.to_jwt` does: `sub`, `iss`, `nbf`, `exp` after the grants."""
         signer = self._signer or self._new_signer()
-        now = datetime.now(UTC)
+        # One reading of the injected clock for the token and what is reported of it.
+        now = self._clock.now()
+        expires_at = now + ttl
         claims["sub"] = identity
         claims["iss"] = signer.issuer
         claims["nbf"] = calendar.timegm(now.utctimetuple())
-        claims["exp"] = calendar.timegm((now + ttl).utctimetuple())
-        return IssuedToken(signer.sign(claims), self._clock.now() + ttl)
+        claims["exp"] = calendar.timegm(expires_at.utctimetuple())
+        return IssuedToken(signer.sign(claims), expires_at)
 
     def _new_signer(self) -> _Signer:
         """Key and secret as livekit-api takes them (its environment fallbacks and its
