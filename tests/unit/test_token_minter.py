@@ -91,9 +91,41 @@ def test_missing_room_or_identity_is_refused_as_livekit_does() -> None:
             )
 
 
-def test_missing_secret_is_refused_when_minting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
-    minter = TokenMinter(KEY, "", SystemClock())
+ENV_KEY, ENV_SECRET = "APIfromenvironment", "e" * 48
+
+
+@pytest.fixture
+def livekit_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiveKit's own variables, as a machine that also runs LiveKit tools may have them."""
+    monkeypatch.setenv("LIVEKIT_URL", "wss://livekit.from-the-environment.example")
+    monkeypatch.setenv("LIVEKIT_API_KEY", ENV_KEY)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", ENV_SECRET)
+
+
+@pytest.mark.usefixtures("livekit_environment")
+def test_tokens_use_the_configured_key_not_livekits_variables() -> None:
+    minter = TokenMinter(KEY, SECRET, SystemClock())
+    for token in (
+        minter.agent_token(agent_name="agent-a", ttl=TTL).jwt,
+        minter.participant_token(
+            identity="user_1",
+            name=None,
+            room="room_1",
+            room_config=dispatch_room_config("agent-a", "{}", max_participants=2),
+            ttl=TTL,
+        ).jwt,
+    ):
+        assert jwt.decode(token, SECRET, algorithms=["HS256"], issuer=KEY)
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(token, ENV_SECRET, algorithms=["HS256"])
+
+
+@pytest.mark.usefixtures("livekit_environment")
+@pytest.mark.parametrize(("key", "secret"), [(KEY, ""), ("", SECRET), ("", "")])
+def test_missing_key_or_secret_is_refused_not_read_from_livekits_variables(
+    key: str, secret: str
+) -> None:
+    minter = TokenMinter(key, secret, SystemClock())
     with pytest.raises(ValueError, match="api_key and api_secret must be set"):
         minter.agent_token(agent_name="agent-a", ttl=TTL)
 

@@ -65,7 +65,8 @@ class TokenMinter:
         self._clock = clock
         self._signer: _Signer | None = None
         # The claims livekit-api writes for these grants, less the per-token values
-        # (they do not depend on the key).
+        # (they do not depend on the key). The placeholder key and secret are never
+        # signed with; they keep `AccessToken` from reading the environment for its own.
         template = AccessToken("template", "template")
         self._participant_video: dict[str, Any] = template.with_grants(
             _PARTICIPANT_GRANTS
@@ -110,13 +111,17 @@ class TokenMinter:
         return IssuedToken(signer.sign(claims), expires_at)
 
     def _new_signer(self) -> _Signer:
-        """Key and secret as livekit-api takes them (its environment fallbacks and its
-        error if neither is set), once."""
-        token = AccessToken(self._api_key, self._api_secret)
-        key, secret = token.api_key, token.api_secret
-        if not key or not secret:  # AccessToken has refused these; this narrows the types
-            raise ValueError("api_key and api_secret must be set")
-        self._signer = _Signer(key, secret)
+        """The configured key and secret, once; refused when either is empty.
+
+        Not through `AccessToken(key, secret)`: that fills an empty key or secret from
+        `LIVEKIT_API_KEY` / `LIVEKIT_API_SECRET`, and LKPS signs only with what its
+        `LKPS_*` settings say (contract §4)."""
+        if not self._api_key or not self._api_secret:
+            raise ValueError(
+                "api_key and api_secret must be set "
+                "(LKPS_LIVEKIT_API_KEY, LKPS_LIVEKIT_API_SECRET; LIVEKIT_* are not read)"
+            )
+        self._signer = _Signer(self._api_key, self._api_secret)
         return self._signer
 
 
