@@ -44,6 +44,7 @@ import jwt
 import large_store
 import procs
 import run
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from lkps.agents import AgentRegistry
@@ -119,7 +120,7 @@ def per_record(figures: Figures, records: int) -> Figures:
 
 def pure_python() -> dict[str, float]:
     clock = SystemClock()
-    minter = TokenMinter("APIbench", "s" * 48, clock)
+    minter = TokenMinter("APIbench", SecretStr("s" * 48), clock)
     agent = str(uuid.uuid4())
     metadata = {"language": "en", "topic": "billing", "bench": True}
     body = json.dumps({"agent_entra_app_id": agent, "metadata": metadata}).encode()

@@ -10,8 +10,10 @@ from typing import Any
 import jwt
 import pytest
 from livekit.api import AccessToken, VideoGrants
+from pydantic import SecretStr
 
 from lkps.clock import SystemClock
+from lkps.config import Settings
 from lkps.livekit import TokenMinter, dispatch_room_config
 
 KEY, SECRET = "APIminter", "s" * 48
@@ -56,7 +58,7 @@ def _same(ours: str, reference: str) -> None:
 
 @pytest.mark.parametrize("name", ["User One", None, ""])
 def test_participant_token_matches_livekit(name: str | None) -> None:
-    minter = TokenMinter(KEY, SECRET, SystemClock())
+    minter = TokenMinter(KEY, SecretStr(SECRET), SystemClock())
     issued = minter.participant_token(
         identity="user_1",
         name=name,
@@ -68,7 +70,7 @@ def test_participant_token_matches_livekit(name: str | None) -> None:
 
 
 def test_agent_token_matches_livekit() -> None:
-    minter = TokenMinter(KEY, SECRET, SystemClock())
+    minter = TokenMinter(KEY, SecretStr(SECRET), SystemClock())
     grants = VideoGrants(agent=True, can_publish=False, can_subscribe=False, can_publish_data=False)
     reference = (
         AccessToken(KEY, SECRET)
@@ -82,7 +84,7 @@ def test_agent_token_matches_livekit() -> None:
 
 
 def test_missing_room_or_identity_is_refused_as_livekit_does() -> None:
-    minter = TokenMinter(KEY, SECRET, SystemClock())
+    minter = TokenMinter(KEY, SecretStr(SECRET), SystemClock())
     config = dispatch_room_config("agent-a", "{}", max_participants=2)
     for identity, room in (("", "room_1"), ("user_1", "")):
         with pytest.raises(ValueError, match="identity and room must be set"):
@@ -104,7 +106,7 @@ def livekit_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("livekit_environment")
 def test_tokens_use_the_configured_key_not_livekits_variables() -> None:
-    minter = TokenMinter(KEY, SECRET, SystemClock())
+    minter = TokenMinter(KEY, SecretStr(SECRET), SystemClock())
     for token in (
         minter.agent_token(agent_name="agent-a", ttl=TTL).jwt,
         minter.participant_token(
@@ -125,7 +127,7 @@ def test_tokens_use_the_configured_key_not_livekits_variables() -> None:
 def test_missing_key_or_secret_is_refused_not_read_from_livekits_variables(
     key: str, secret: str
 ) -> None:
-    minter = TokenMinter(key, secret, SystemClock())
+    minter = TokenMinter(key, SecretStr(secret), SystemClock())
     with pytest.raises(ValueError, match="api_key and api_secret must be set"):
         minter.agent_token(agent_name="agent-a", ttl=TTL)
 
@@ -147,7 +149,7 @@ class _FixedClock:
 @pytest.mark.parametrize("kind", ["participant", "agent"])
 def test_times_come_from_the_injected_clock(kind: str) -> None:
     now = datetime(2041, 3, 4, 5, 6, 7, 890_000, tzinfo=UTC)
-    minter = TokenMinter(KEY, SECRET, _FixedClock(now))
+    minter = TokenMinter(KEY, SecretStr(SECRET), _FixedClock(now))
     if kind == "agent":
         issued = minter.agent_token(agent_name="agent-a", ttl=TTL)
     else:
@@ -159,3 +161,21 @@ def test_times_come_from_the_injected_clock(kind: str) -> None:
     assert issued.expires_at == now + TTL
     assert claims["nbf"] == int(now.timestamp())
     assert claims["exp"] == int(issued.expires_at.timestamp())
+
+
+def test_no_repr_or_str_shows_the_secret() -> None:
+    """Not the minter, not its signer (made by the first token), not the settings."""
+    secret = "a-distinctive-livekit-secret-0123456789"
+    minter = TokenMinter(KEY, SecretStr(secret), SystemClock())
+    minter.agent_token(agent_name="agent-a", ttl=TTL)
+    signer = minter._signer
+    assert signer is not None
+    holders: list[object] = [
+        minter,
+        signer,
+        vars(minter),
+        Settings(livekit_api_key=KEY, livekit_api_secret=SecretStr(secret)),
+    ]
+    for holder in holders:
+        assert secret not in repr(holder)
+        assert secret not in str(holder)

@@ -13,7 +13,7 @@ configuration) cost most of a session start's token. They are signed with PyJWT'
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from google.protobuf.json_format import MessageToDict
 from livekit.api import AccessToken, VideoGrants
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.room import RoomConfiguration
+from pydantic import SecretStr
 
 from lkps.clock import Clock
 
@@ -59,7 +60,12 @@ def dispatch_room_config(
 
 
 class TokenMinter:
-    def __init__(self, api_key: str, api_secret: str, clock: Clock) -> None:
+    """Signs LKPS's LiveKit tokens with the configured key and secret.
+
+    The secret stays a `SecretStr` until the moment it signs (`_Signer.sign`), so that no
+    repr, log line or traceback of the minter or its signer can show it."""
+
+    def __init__(self, api_key: str, api_secret: SecretStr, clock: Clock) -> None:
         self._api_key = api_key
         self._api_secret = api_secret
         self._clock = clock
@@ -116,7 +122,7 @@ class TokenMinter:
         Not through `AccessToken(key, secret)`: that fills an empty key or secret from
         `LIVEKIT_API_KEY` / `LIVEKIT_API_SECRET`, and LKPS signs only with what its
         `LKPS_*` settings say (contract §4)."""
-        if not self._api_key or not self._api_secret:
+        if not self._api_key or not self._api_secret.get_secret_value():
             raise ValueError(
                 "api_key and api_secret must be set "
                 "(LKPS_LIVEKIT_API_KEY, LKPS_LIVEKIT_API_SECRET; LIVEKIT_* are not read)"
@@ -128,7 +134,9 @@ class TokenMinter:
 @dataclass(frozen=True, slots=True)
 class _Signer:
     issuer: str
-    secret: str
+    # Out of the repr as well as masked by SecretStr: neither alone is relied on.
+    secret: SecretStr = field(repr=False)
 
     def sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(claims, self.secret, algorithm="HS256")
+        """The one place the secret is unwrapped."""
+        return jwt.encode(claims, self.secret.get_secret_value(), algorithm="HS256")
