@@ -16,6 +16,8 @@ from lkps.clock import SystemClock
 from lkps.config import Settings
 from lkps.livekit import TokenMinter, dispatch_room_config
 
+pytestmark = pytest.mark.unit
+
 KEY, SECRET = "APIminter", "s" * 48
 TTL = timedelta(seconds=900)
 
