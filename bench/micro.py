@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ import jwt
 import large_store
 import procs
 import run
+from pydantic import SecretStr
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from lkps.agents import AgentRegistry
@@ -54,7 +57,7 @@ from lkps.clock import SystemClock
 from lkps.livekit import TokenMinter, dispatch_room_config
 from lkps.sessions.metadata import dispatch_metadata
 from lkps.sessions.room_names import new_room_name
-from lkps.store import Database
+from lkps.store import Database, registrations
 from lkps.store.engine import create_engine
 from lkps.store.migrate import upgrade
 from lkps_testkit import EntraDouble
@@ -66,6 +69,22 @@ _TYPES = (
     "bigint", "text", "timestamptz", "text", "text", "integer", "text", "text", "text",
     "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
 )  # fmt: skip
+
+
+def present_agent_statement() -> Any:
+    """The SELECT `present_agent` runs (as `_PRESENT_AGENT` in an lkps from before it
+    was public, which `--ab` may import)."""
+    found = vars(registrations)
+    return found.get("PRESENT_AGENT", found.get("_PRESENT_AGENT"))
+
+
+def bench_minter(clock: SystemClock) -> TokenMinter:
+    """A minter; its secret a `SecretStr`, or a `str` for an lkps from before the minter
+    took a `SecretStr` (which `--ab` may import)."""
+    secret = "s" * 48
+    annotation = str(inspect.signature(TokenMinter).parameters["api_secret"].annotation)
+    wrapped: Any = SecretStr(secret) if "SecretStr" in annotation else secret
+    return TokenMinter("APIbench", wrapped, clock)
 
 
 def cpu_us(operation: Callable[[], Any], repeat: int = 5000) -> float:
@@ -119,7 +138,7 @@ def per_record(figures: Figures, records: int) -> Figures:
 
 def pure_python() -> dict[str, float]:
     clock = SystemClock()
-    minter = TokenMinter("APIbench", "s" * 48, clock)
+    minter = bench_minter(clock)
     agent = str(uuid.uuid4())
     metadata = {"language": "en", "topic": "billing", "bench": True}
     body = json.dumps({"agent_entra_app_id": agent, "metadata": metadata}).encode()
@@ -321,6 +340,7 @@ async def lkps_steps(db: Database, backends: Backends, label: str) -> dict[str, 
     agent_id = str(uuid.uuid4())
     registry = AgentRegistry(db, clock, presence_ttl=3600, default_enforce=True)
     await registry.register(agent_id, enforce_client_authz=True)
+    assert await registry.presence(agent_id) is not None, "the agent is present"
     results = {
         f"presence, LKPS ({label})": await acpu_us(lambda: registry.presence(agent_id), backends)
     }
@@ -342,8 +362,8 @@ async def lkps_steps(db: Database, backends: Backends, label: str) -> dict[str, 
 
 
 async def references(name: str, backends: Backends) -> dict[str, Figures]:
-    """Yardsticks that do not depend on LKPS's code: what the same work costs done
-    other ways (no TLS, no pre-ping)."""
+    """Yardsticks: what the same work costs done other ways (no TLS, no pre-ping; the
+    presence SELECT LKPS builds, run without LKPS's execution path)."""
     url = run.sqlalchemy_url(name)
     clock = SystemClock()
     agent_id = str(uuid.uuid4())
@@ -360,36 +380,16 @@ async def references(name: str, backends: Backends) -> dict[str, Figures]:
             pass
 
     results["ref: ORM session + transaction, no statement"] = await acpu_us(empty_session, backends)
-    from sqlalchemy import and_, bindparam, exists, select
-
-    from lkps.store.models import AgentRow, AuthorizationOverrideRow, RegistrationRow
-
-    prebuilt = (
-        select(
-            AgentRow.enforce_client_authz,
-            AgentRow.version,
-            AuthorizationOverrideRow.enforce_client_authz,
-            AuthorizationOverrideRow.additional_clients,
-        )
-        .outerjoin(AuthorizationOverrideRow, AuthorizationOverrideRow.agent_id == AgentRow.agent_id)
-        .where(
-            and_(
-                AgentRow.agent_id == bindparam("agent"),
-                exists().where(
-                    RegistrationRow.agent_id == AgentRow.agent_id,
-                    RegistrationRow.ended_at.is_(None),
-                    RegistrationRow.expires_at > bindparam("now"),
-                ),
-            )
-        )
-    )
+    # The statement LKPS runs, not a copy of it: a copy drifts (one here lacked the
+    # worker_connected condition presence gained).
+    prebuilt = present_agent_statement()
 
     async def core_prebuilt() -> None:
         async with plain.engine.connect() as connection:
             result = await connection.execute(
-                prebuilt, {"agent": agent_id, "now": datetime.now(UTC)}
+                prebuilt, {"agent_id": agent_id, "now": datetime.now(UTC)}
             )
-            result.first()
+            assert result.first() is not None, "the agent is present"
 
     results[
         "ref: presence, Core statement built once, connect() with BEGIN/ROLLBACK"
@@ -399,9 +399,9 @@ async def references(name: str, backends: Backends) -> dict[str, Figures]:
     async def core_autocommit() -> None:
         async with autocommit.connect() as connection:
             result = await connection.execute(
-                prebuilt, {"agent": agent_id, "now": datetime.now(UTC)}
+                prebuilt, {"agent_id": agent_id, "now": datetime.now(UTC)}
             )
-            result.first()
+            assert result.first() is not None, "the agent is present"
 
     results["ref: presence, Core statement built once, autocommit"] = await acpu_us(
         core_autocommit, backends
@@ -411,12 +411,11 @@ async def references(name: str, backends: Backends) -> dict[str, Figures]:
         f"postgresql://{run.PG_USER}:{run.PG_PASSWORD}@{run.PG_HOST}:{run.PG_PORT}/{name}",
         ssl=False,
     )
-    statement = await connection.prepare(
-        "SELECT a.enforce_client_authz, a.version, o.enforce_client_authz, o.additional_clients "
-        "FROM agents a LEFT JOIN agent_authz_overrides o ON o.agent_id = a.agent_id "
-        "WHERE a.agent_id = $1 AND EXISTS (SELECT 1 FROM agent_registrations r "
-        "WHERE r.agent_id = a.agent_id AND r.ended_at IS NULL AND r.expires_at > $2)"
-    )
+    # The same statement as SQLAlchemy renders it for asyncpg ($1, $2, in this order).
+    compiled = prebuilt.compile(dialect=postgresql_asyncpg.dialect())
+    assert compiled.positiontup == ["agent_id", "now"], compiled.positiontup
+    statement = await connection.prepare(str(compiled))
+    assert await statement.fetchrow(agent_id, datetime.now(UTC)) is not None
     results["ref: presence, one prepared asyncpg statement, autocommit"] = await acpu_us(
         lambda: statement.fetchrow(agent_id, datetime.now(UTC)), backends
     )

@@ -37,6 +37,7 @@ from tests.backends import (
     service_missing,
     unique_name,
 )
+from tests.categories import CATEGORIES, uncategorized
 
 API_AUDIENCE = "api://livekit-platform-service-test.example.com"
 LKPS_CLIENT_ID = "5c1f3d9e-0a7b-4c2d-9e8f-112233445566"
@@ -120,6 +121,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "backends(*names): run only on these store backends (sqlite, postgresql)"
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail the run when a collected test module declares no category (tests/categories.py)."""
+    modules = [item.module for item in items if isinstance(item, pytest.Function)]
+    if missing := uncategorized(module for module in modules if module is not None):
+        raise pytest.UsageError(
+            "test modules without a category marker (pytestmark = pytest.mark."
+            f"{'|'.join(sorted(CATEGORIES))}): {', '.join(missing)}"
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -8,7 +8,7 @@ import pytest
 from lkps.cli import dev as lkps_dev
 from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID
 from lkps_agent import DEV_AGENT_ID, AgentConfig, ConfigurationError
-from lkps_agent import config as agent_config
+from lkps_agent import _config as agent_config
 from lkps_client import ENVIRONMENTS
 
 pytestmark = pytest.mark.unit

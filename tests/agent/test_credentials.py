@@ -18,7 +18,7 @@ from starlette.routing import Mount
 
 from lkps.config import DEV_JWKS_PATH, DEV_TENANT_ID
 from lkps_agent import AgentConfig, AgentLifecycle, DevCredential, build_credential
-from lkps_agent.config import DEV_AGENT_ID, DEV_APP_SECRET
+from lkps_agent._config import DEV_AGENT_ID, DEV_APP_SECRET
 from lkps_client import AsyncLkpsClient
 from lkps_testkit import EntraDouble, FederatedCredential, ServerThread, TlsFiles
 from lkps_testkit.tls import generate_client_certificate

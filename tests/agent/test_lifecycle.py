@@ -466,7 +466,7 @@ async def test_nothing_registers_again_after_stop(
 async def test_stop_does_not_hang_when_lkps_is_down(
     lifecycle: AgentLifecycle, lkps: ScriptedLkps, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lkps_agent.lifecycle.DEREGISTER_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr("lkps_agent._lifecycle.DEREGISTER_TIMEOUT_SECONDS", 0.05)
     await lifecycle.start()
     original = lkps.deregister_agent
 

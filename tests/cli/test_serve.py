@@ -29,6 +29,19 @@ def test_serve_names_every_missing_setting(tmp_path: Path) -> None:
         assert name in result.stderr
 
 
+def test_serve_does_not_take_livekits_own_variables(tmp_path: Path) -> None:
+    env = clean_environment(
+        LKPS_ENV="prod",
+        LIVEKIT_URL="wss://livekit.from-the-environment.example",
+        LIVEKIT_API_KEY="APIfromenvironment",
+        LIVEKIT_API_SECRET="e" * 48,
+    )
+    result = run_lkps("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    for name in ("LKPS_LIVEKIT_URL", "LKPS_LIVEKIT_API_KEY", "LKPS_LIVEKIT_API_SECRET"):
+        assert f"{name} is required" in result.stderr
+
+
 def test_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
     result = run_lkps("serve", env=clean_environment(LKPS_PRESENCE_TTL="soon"), cwd=tmp_path)
     assert result.returncode == 2

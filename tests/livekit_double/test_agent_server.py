@@ -17,6 +17,8 @@ from livekit.protocol import room as room_pb
 from lkps_testkit.livekit import LiveKitDouble
 from tests.livekit_double.conftest import StartWorker
 
+pytestmark = pytest.mark.e2e
+
 
 class Seen:
     """What the entrypoint saw, for the test to assert on."""

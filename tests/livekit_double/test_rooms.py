@@ -15,6 +15,8 @@ from livekit.protocol import room as room_pb
 
 from lkps_testkit.livekit import LiveKitDouble, ServiceError
 
+pytestmark = pytest.mark.e2e
+
 
 def config(
     *agents: tuple[str, str],

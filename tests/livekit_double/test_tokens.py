@@ -18,6 +18,8 @@ from livekit.protocol import rtc as rtc_pb
 
 from lkps_testkit.livekit import LiveKitDouble, TokenError
 
+pytestmark = pytest.mark.e2e
+
 
 def sign(livekit: LiveKitDouble, **claims: Any) -> str:
     """A hand-made token: only the claims given, signed with the double's secret."""

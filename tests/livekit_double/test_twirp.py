@@ -13,6 +13,8 @@ from livekit.protocol import room as room_pb
 
 from lkps_testkit.livekit import LiveKitDouble
 
+pytestmark = pytest.mark.e2e
+
 
 async def test_create_list_and_delete_rooms(livekit: LiveKitDouble, lkapi: api.LiveKitAPI) -> None:
     created = await lkapi.room.create_room(

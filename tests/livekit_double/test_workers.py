@@ -8,6 +8,7 @@ import datetime
 from typing import Any
 
 import httpx
+import pytest
 from google.protobuf.json_format import MessageToJson, Parse
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
@@ -15,6 +16,8 @@ from livekit.protocol import room as room_pb
 
 from lkps_testkit.livekit import LiveKitDouble
 from tests.livekit_double.fake_worker import FakeWorker
+
+pytestmark = pytest.mark.e2e
 
 
 def worker_token(livekit: LiveKitDouble, **options: Any) -> str:

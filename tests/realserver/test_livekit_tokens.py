@@ -19,6 +19,7 @@ from datetime import timedelta
 import aiohttp
 import pytest
 from livekit import api, rtc
+from pydantic import SecretStr
 
 from lkps.clock import SystemClock
 from lkps.livekit.tokens import DEPARTURE_TIMEOUT_SECONDS, TokenMinter, dispatch_room_config
@@ -34,7 +35,7 @@ STEP_TIMEOUT = 20.0  # seconds, for every single wait on the server
 
 @pytest.fixture
 def minter(livekit_server: RealLiveKit) -> TokenMinter:
-    return TokenMinter(livekit_server.api_key, livekit_server.api_secret, SystemClock())
+    return TokenMinter(livekit_server.api_key, SecretStr(livekit_server.api_secret), SystemClock())
 
 
 def room_name(label: str) -> str:

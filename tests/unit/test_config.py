@@ -56,6 +56,20 @@ def test_comma_separated_lists_from_the_environment(monkeypatch: pytest.MonkeyPa
     assert settings.cwid_claims == ["upn", "oid"]
 
 
+def test_livekits_own_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LKPS_*` alone describe a deployment: LiveKit's variables fill no LiveKit setting."""
+    for name in ("LKPS_LIVEKIT_URL", "LKPS_LIVEKIT_API_KEY", "LKPS_LIVEKIT_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LIVEKIT_URL", "wss://livekit.from-the-environment.example")
+    monkeypatch.setenv("LIVEKIT_API_KEY", "APIfromenvironment")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "e" * 48)
+    settings = Settings(env="prod")
+    assert settings.livekit_url == settings.livekit_api_key == ""
+    assert settings.livekit_api_secret.get_secret_value() == ""
+    with pytest.raises(ConfigurationError, match="LKPS_LIVEKIT_API_SECRET is required"):
+        settings.check_servable()
+
+
 def test_jwks_url_and_issuers_derive_from_the_tenant() -> None:
     settings = servable(entra_tenant_id=TENANT.upper())
     assert settings.jwks_url == f"https://login.microsoftonline.com/{TENANT}/discovery/v2.0/keys"

@@ -7,6 +7,8 @@ from starlette.datastructures import MutableHeaders
 
 from lkps.api.middleware import REQUEST_ID_HEADER, with_request_id
 
+pytestmark = pytest.mark.unit
+
 CASES = [
     [],
     [(b"content-type", b"application/json")],

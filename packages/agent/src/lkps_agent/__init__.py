@@ -15,19 +15,21 @@
 No LIVEKIT_API_KEY or LIVEKIT_API_SECRET: the SDK registers with LKPS, connects the
 worker with the token LKPS returns, heartbeats, renews the token before it expires and
 deregisters on shutdown. See docs/agent-guide.md.
+
+Everything public is importable from `lkps_agent`; the `_modules` are private.
 """
 
-from lkps_agent.config import DEV_AGENT_ID, AgentConfig, AuthMode, ConfigurationError
-from lkps_agent.credentials import DevCredential, build_credential
-from lkps_agent.errors import (
+from lkps_agent._config import DEV_AGENT_ID, AgentConfig, AuthMode, ConfigurationError
+from lkps_agent._credentials import DevCredential, build_credential
+from lkps_agent._errors import (
     LiveKitRejectedTokenError,
     LkpsAgentError,
     RegistrationRefusedError,
     UnsupportedLiveKitAgentsError,
 )
-from lkps_agent.lifecycle import AgentLifecycle
-from lkps_agent.server import LkpsAgentServer
-from lkps_agent.status import AgentState, AgentStatus
+from lkps_agent._lifecycle import AgentLifecycle
+from lkps_agent._server import LkpsAgentServer
+from lkps_agent._status import AgentState, AgentStatus
 
 __all__ = [
     "DEV_AGENT_ID",
@@ -45,3 +47,11 @@ __all__ = [
     "UnsupportedLiveKitAgentsError",
     "build_credential",
 ]
+
+# Public classes report the package, not the private module they are defined in, so
+# tracebacks and reprs show names users can import.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "lkps_agent"
+del _name, _obj

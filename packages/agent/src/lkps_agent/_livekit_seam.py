@@ -31,7 +31,7 @@ import aiohttp
 from livekit.agents import AgentServer
 from livekit.agents import __version__ as livekit_agents_version
 
-from lkps_agent.errors import UnsupportedLiveKitAgentsError
+from lkps_agent._errors import UnsupportedLiveKitAgentsError
 
 __all__ = [
     "SUPPORTED_RANGE",

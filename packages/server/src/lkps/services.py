@@ -134,9 +134,7 @@ async def running_services(
             refresh_interval=settings.entra_jwks_refresh_interval_seconds,
             timeout=settings.entra_jwks_timeout_seconds,
         )
-        minter = TokenMinter(
-            settings.livekit_api_key, settings.livekit_api_secret.get_secret_value(), clock
-        )
+        minter = TokenMinter(settings.livekit_api_key, settings.livekit_api_secret, clock)
         registry = AgentRegistry(
             db,
             clock,

@@ -13,8 +13,8 @@ configuration) cost most of a session start's token. They are signed with PyJWT'
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
@@ -22,6 +22,7 @@ from google.protobuf.json_format import MessageToDict
 from livekit.api import AccessToken, VideoGrants
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.room import RoomConfiguration
+from pydantic import SecretStr
 
 from lkps.clock import Clock
 
@@ -59,13 +60,19 @@ def dispatch_room_config(
 
 
 class TokenMinter:
-    def __init__(self, api_key: str, api_secret: str, clock: Clock) -> None:
+    """Signs LKPS's LiveKit tokens with the configured key and secret.
+
+    The secret stays a `SecretStr` until the moment it signs (`_Signer.sign`), so that no
+    repr, log line or traceback of the minter or its signer can show it."""
+
+    def __init__(self, api_key: str, api_secret: SecretStr, clock: Clock) -> None:
         self._api_key = api_key
         self._api_secret = api_secret
         self._clock = clock
         self._signer: _Signer | None = None
         # The claims livekit-api writes for these grants, less the per-token values
-        # (they do not depend on the key).
+        # (they do not depend on the key). The placeholder key and secret are never
+        # signed with; they keep `AccessToken` from reading the environment for its own.
         template = AccessToken("template", "template")
         self._participant_video: dict[str, Any] = template.with_grants(
             _PARTICIPANT_GRANTS
@@ -100,28 +107,36 @@ class TokenMinter:
     def _issue(self, claims: dict[str, Any], identity: str, ttl: timedelta) -> IssuedToken:
         """Sign as `AccessToken.to_jwt` does: `sub`, `iss`, `nbf`, `exp` after the grants."""
         signer = self._signer or self._new_signer()
-        now = datetime.now(UTC)
+        # One reading of the injected clock for the token and what is reported of it.
+        now = self._clock.now()
+        expires_at = now + ttl
         claims["sub"] = identity
         claims["iss"] = signer.issuer
         claims["nbf"] = calendar.timegm(now.utctimetuple())
-        claims["exp"] = calendar.timegm((now + ttl).utctimetuple())
-        return IssuedToken(signer.sign(claims), self._clock.now() + ttl)
+        claims["exp"] = calendar.timegm(expires_at.utctimetuple())
+        return IssuedToken(signer.sign(claims), expires_at)
 
     def _new_signer(self) -> _Signer:
-        """Key and secret as livekit-api takes them (its environment fallbacks and its
-        error if neither is set), once."""
-        token = AccessToken(self._api_key, self._api_secret)
-        key, secret = token.api_key, token.api_secret
-        if not key or not secret:  # AccessToken has refused these; this narrows the types
-            raise ValueError("api_key and api_secret must be set")
-        self._signer = _Signer(key, secret)
+        """The configured key and secret, once; refused when either is empty.
+
+        Not through `AccessToken(key, secret)`: that fills an empty key or secret from
+        `LIVEKIT_API_KEY` / `LIVEKIT_API_SECRET`, and LKPS signs only with what its
+        `LKPS_*` settings say (contract §4)."""
+        if not self._api_key or not self._api_secret.get_secret_value():
+            raise ValueError(
+                "api_key and api_secret must be set "
+                "(LKPS_LIVEKIT_API_KEY, LKPS_LIVEKIT_API_SECRET; LIVEKIT_* are not read)"
+            )
+        self._signer = _Signer(self._api_key, self._api_secret)
         return self._signer
 
 
 @dataclass(frozen=True, slots=True)
 class _Signer:
     issuer: str
-    secret: str
+    # Out of the repr as well as masked by SecretStr: neither alone is relied on.
+    secret: SecretStr = field(repr=False)
 
     def sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(claims, self.secret, algorithm="HS256")
+        """The one place the secret is unwrapped."""
+        return jwt.encode(claims, self.secret.get_secret_value(), algorithm="HS256")

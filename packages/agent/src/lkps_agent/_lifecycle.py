@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from lkps_agent.config import AgentConfig
-from lkps_agent.errors import LiveKitRejectedTokenError, LkpsAgentError, RegistrationRefusedError
-from lkps_agent.status import AgentState, AgentStatus
+from lkps_agent._config import AgentConfig
+from lkps_agent._errors import LiveKitRejectedTokenError, LkpsAgentError, RegistrationRefusedError
+from lkps_agent._status import AgentState, AgentStatus
 from lkps_client import (
     AgentRegistration,
     AsyncLkpsClient,

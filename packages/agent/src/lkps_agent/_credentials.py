@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from lkps_agent.config import DEV_IDP_PATH, DEV_TENANT_ID, AgentConfig
+from lkps_agent._config import DEV_IDP_PATH, DEV_TENANT_ID, AgentConfig
 from lkps_client import AccessTokenLike, AsyncTokenCredential
 
 __all__ = ["DevCredential", "build_credential"]

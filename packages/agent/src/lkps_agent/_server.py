@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
+from lkps_agent._config import AgentConfig, ConfigurationError
+from lkps_agent._credentials import build_credential
+from lkps_agent._errors import LkpsAgentError
+from lkps_agent._lifecycle import AgentLifecycle
 from lkps_agent._livekit_seam import SeamedAgentServer, check_supported, placeholder_credentials
-from lkps_agent.config import AgentConfig, ConfigurationError
-from lkps_agent.credentials import build_credential
-from lkps_agent.errors import LkpsAgentError
-from lkps_agent.lifecycle import AgentLifecycle
-from lkps_agent.status import AgentState, AgentStatus
+from lkps_agent._status import AgentState, AgentStatus
 from lkps_client import AsyncLkpsClient, AsyncTokenCredential
 
 __all__ = ["LkpsAgentServer"]

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
+from lkps_agent._errors import LkpsAgentError
 from lkps_client import ENVIRONMENTS
 
 __all__ = ["DEV_AGENT_ID", "AgentConfig", "AuthMode", "ConfigurationError"]
@@ -30,8 +31,11 @@ DEV_TENANT_ID = "00000000-0000-4000-8000-00000000de70"
 DEV_IDP_PATH = "/dev/idp"
 
 
-class ConfigurationError(ValueError):
-    """The agent's configuration cannot work; the message says which setting to fix."""
+class ConfigurationError(LkpsAgentError, ValueError):
+    """The agent's configuration cannot work; the message says which setting to fix.
+
+    An `LkpsAgentError` like every error the SDK raises (one `except` catches them all),
+    and a `ValueError` as it always was."""
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -42,7 +46,7 @@ class AgentConfig:
     """Everything the SDK needs besides the agent's code.
 
     `lkps_url` and `scope` come from `environment` ("np", "prod" or "dev") unless given;
-    `auth` picks the azure-identity credential (see `lkps_agent.credentials`).
+    `auth` picks the azure-identity credential (see `build_credential`).
     """
 
     lkps_url: str
