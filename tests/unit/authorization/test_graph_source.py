@@ -24,13 +24,17 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from lkps.authorization import AuthorizationUnavailable, ClientAuthorizer
+from lkps.authorization.cache import CachePolicy
 from lkps.authorization.graph import (
-    GRAPH_SCOPE,
     GraphAuthorizationSource,
-    MalformedGraphResponse,
     build_graph_credential,
-    graph_scope_for,
     graph_source_from_settings,
+)
+from lkps.authorization.graph_client import (
+    GRAPH_SCOPE,
+    GraphClient,
+    MalformedGraphResponse,
+    graph_scope_for,
     parse_pre_authorized_applications,
     parse_retry_after,
 )
@@ -145,15 +149,15 @@ async def make_source(
         values = graph_settings | (settings or {})
         configured = Settings(**values)
         if options:
-            source = GraphAuthorizationSource(
+            client = GraphClient(
                 build_graph_credential(configured),
                 http,
                 clock,
                 graph_url=configured.graph_url,
-                cache_ttl=configured.graph_cache_ttl_seconds,
                 timeout=configured.graph_timeout_seconds,
-                **options,
             )
+            policy = CachePolicy(ttl=configured.graph_cache_ttl_seconds, **options)
+            source = GraphAuthorizationSource(client, clock, policy)
         else:
             source = graph_source_from_settings(configured, http, clock)
         created.append(source)
@@ -541,7 +545,7 @@ async def test_unexpected_graph_responses_fail_closed(
         return httpx.Response(status, text=body, headers={"Location": "https://elsewhere"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(respond)) as client:
-        source = GraphAuthorizationSource(StaticCredential(), client, clock)
+        source = GraphAuthorizationSource(GraphClient(StaticCredential(), client, clock), clock)
         with pytest.raises(AuthorizationUnavailable) as unavailable:
             await source.pre_authorized_clients(AGENT)
         await source.aclose()
