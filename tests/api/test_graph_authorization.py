@@ -66,7 +66,7 @@ def graph_settings(
         "entra_client_secret": LKPS_SECRET,
         "entra_authority": entra_tls_server.url,
         "graph_url": graph_server.url,
-        "graph_timeout_seconds": 2.0,
+        "graph_timeout_seconds": 60.0,  # generous: a timeout would measure the machine, not Graph
         "tls_ca_bundle": Path(tls.ca_cert),
     }
 

@@ -11,7 +11,8 @@ by object id) answers like Graph does, with Graph's OData bodies and headers:
   by tests) get `api.preAuthorizedApplications`; any other appId gets Graph's 404
   `Request_ResourceNotFound`;
 - switches for what a test needs to provoke: `throttle()` (429 `TooManyRequests` with
-  `Retry-After`), `available = False` (503 `ServiceUnavailable`), `delay` (a slow Graph);
+  `Retry-After`), `available = False` (503 `ServiceUnavailable`), `delay` (a slow Graph),
+  `hold()`/`release()` (a Graph that has not answered yet, for as long as the test says);
 - counters: `requests` (every request received, whatever its answer) and
   `requests_by_app` (per appId), so tests can assert how many Graph calls were made.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +56,12 @@ _BY_APP_ID = re.compile(r"^applications\(appId='(?P<app_id>[^']*)'\)$")
 _BY_OBJECT_ID = re.compile(r"^applications/(?P<object_id>[^/]+)$")
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class GraphDouble:
     entra: EntraDouble
@@ -67,6 +75,8 @@ class GraphDouble:
     requests: int = 0
     requests_by_app: Counter[str] = field(default_factory=Counter)
     throttled_responses: int = 0
+    # Set while requests may be answered (see hold()).
+    _answering: threading.Event = field(default_factory=_set_event)
     _throttle_times: int = 0
     _throttle_retry_after: str = "0"
 
@@ -76,8 +86,18 @@ class GraphDouble:
         self._throttle_retry_after = str(retry_after)
         self._throttle_times = times
 
+    def hold(self) -> None:
+        """Leave every request unanswered (received and counted) until `release()`: a slow
+        Graph whose slowness does not depend on how fast the machine runs the test."""
+        self._answering.clear()
+
+    def release(self) -> None:
+        """Answer the held requests, and the next ones at once."""
+        self._answering.set()
+
     def reset(self) -> None:
-        """Back to a healthy, empty Graph with zeroed counters."""
+        """Back to a healthy, empty Graph with zeroed counters (held requests answered)."""
+        self.release()
         self.applications.clear()
         self.delay = 0.0
         self.available = True
@@ -144,6 +164,8 @@ class GraphDouble:
             self.requests_by_app[app_id] += 1
         if self.delay > 0:
             await asyncio.sleep(self.delay)
+        if not self._answering.is_set():
+            await asyncio.to_thread(self._answering.wait)
 
         if not self.available:
             return _odata_error(

@@ -19,9 +19,9 @@ from lkps.agents.presence import (
 from lkps.clock import Clock
 from lkps.errors import NotFound
 from lkps.metrics import PRESENCE_READ_CALLERS
+from lkps.singleflight import SingleFlight
 from lkps.store import Database
 from lkps.store import registrations as queries
-from lkps.store.coalesce import CoalescedReads
 
 
 def agent_not_connected(agent_id: str) -> NotFound:
@@ -39,8 +39,10 @@ class AgentRegistry:
         self._clock = clock
         self._ttl = timedelta(seconds=presence_ttl)
         self._default_enforce = default_enforce
-        self._presence_reads = CoalescedReads(
-            self._read_presence, observe=PRESENCE_READ_CALLERS.observe
+        # Not joining a read under way: a deregistration committed before a session start
+        # asked must count for it (see lkps.singleflight).
+        self._presence_reads = SingleFlight(
+            self._read_presence, join_running=False, observe=PRESENCE_READ_CALLERS.observe
         )
 
     async def register(

@@ -1,5 +1,6 @@
-"""CoalescedReads: concurrent callers share reads, and none gets an answer older than its
-question."""
+"""SingleFlight: concurrent callers share runs. Not joining a run under way (the presence
+read's policy), none gets an answer older than its question; joining (the Graph cache's),
+a burst of callers costs one run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 
 import pytest
 
-from lkps.store.coalesce import CoalescedReads
+from lkps.singleflight import SingleFlight
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +53,7 @@ async def settle() -> None:
 
 
 async def under_way_then_queued(
-    reads: CoalescedReads[str, str], queued: int
+    reads: SingleFlight[str, str], queued: int
 ) -> tuple[asyncio.Task[str], list[asyncio.Task[str]]]:
     """A caller whose read is under way, then `queued` callers that arrived during it."""
     first = asyncio.create_task(reads.get("a"))
@@ -66,7 +67,7 @@ async def test_callers_arriving_during_a_read_share_the_next_one() -> None:
     store = Store()
     store.values["a"] = "v1"
     served: list[int] = []
-    reads = CoalescedReads(store.read, observe=served.append)
+    reads = SingleFlight(store.read, join_running=False, observe=served.append)
     first, queued = await under_way_then_queued(reads, 9)
     assert store.reads == [("a", "v1")]  # the queued callers did not start reads of their own
     await store.open_gate(0)
@@ -81,7 +82,7 @@ async def test_callers_arriving_during_a_read_share_the_next_one() -> None:
 async def test_no_caller_gets_a_read_that_started_before_it_asked() -> None:
     store = Store()
     store.values["a"] = "before"
-    reads = CoalescedReads(store.read)
+    reads = SingleFlight(store.read, join_running=False)
     early = asyncio.create_task(reads.get("a"))
     await settle()
     store.values["a"] = "after"  # committed while the first read is under way
@@ -96,7 +97,7 @@ async def test_no_caller_gets_a_read_that_started_before_it_asked() -> None:
 
 async def test_different_keys_are_read_side_by_side() -> None:
     store = Store()
-    reads = CoalescedReads(store.read)
+    reads = SingleFlight(store.read, join_running=False)
     both = asyncio.gather(reads.get("a"), reads.get("b"))
     await settle()
     assert sorted(key for key, _ in store.reads) == ["a", "b"]
@@ -107,7 +108,7 @@ async def test_different_keys_are_read_side_by_side() -> None:
 
 async def test_a_failed_read_fails_every_caller_it_serves_and_the_next_read_starts_afresh() -> None:
     store = Store()
-    reads = CoalescedReads(store.read)
+    reads = SingleFlight(store.read, join_running=False)
     store.failure = RuntimeError("store down")
     first, queued = await under_way_then_queued(reads, 3)
     await store.open_gate(0)
@@ -125,7 +126,7 @@ async def test_a_failed_read_fails_every_caller_it_serves_and_the_next_read_star
 async def test_a_cancelled_caller_does_not_cancel_the_read_for_the_others() -> None:
     store = Store()
     store.values["a"] = "v"
-    reads = CoalescedReads(store.read)
+    reads = SingleFlight(store.read, join_running=False)
     leader, (gone, staying) = await under_way_then_queued(reads, 2)
     leader.cancel()
     gone.cancel()
@@ -141,7 +142,7 @@ async def test_a_failure_nobody_waits_for_any_more_is_not_reported_as_unretrieve
 ) -> None:
     store = Store()
     store.failure = RuntimeError("store down")
-    reads = CoalescedReads(store.read)
+    reads = SingleFlight(store.read, join_running=False)
     callers = [asyncio.create_task(reads.get("a")) for _ in range(2)]
     await settle()
     for caller in callers:
@@ -154,3 +155,59 @@ async def test_a_failure_nobody_waits_for_any_more_is_not_reported_as_unretrieve
         await settle()
     assert reads.in_flight() == 0
     assert "never retrieved" not in caplog.text
+
+
+async def test_joining_callers_share_the_run_under_way() -> None:
+    store = Store()
+    store.values["a"] = "v1"
+    served: list[int] = []
+    runs = SingleFlight(store.read, join_running=True, observe=served.append)
+    first = asyncio.create_task(runs.get("a"))
+    await settle()
+    store.values["a"] = "v2"  # a joining caller may get the older answer: its policy
+    joined = [asyncio.create_task(runs.get("a")) for _ in range(9)]
+    await settle()
+    joined[0].cancel()  # a caller that goes away does not cancel the run for the others
+    await store.open_gate(0)
+    assert await first == "v1"
+    assert await asyncio.gather(*joined[1:]) == ["v1"] * 8
+    assert store.reads == [("a", "v1")]
+    assert served == [1]
+    assert runs.running("a") is None
+
+
+async def test_a_failed_run_fails_every_joined_caller() -> None:
+    store = Store()
+    store.failure = RuntimeError("backend down")
+    runs = SingleFlight(store.read, join_running=True)
+    callers = [asyncio.create_task(runs.get("a")) for _ in range(3)]
+    await settle()
+    await store.open_gate(0)
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(result, RuntimeError) for result in results)
+    assert len(store.reads) == 1
+
+
+async def test_settled_waits_for_the_queued_run_too() -> None:
+    store = Store()
+    reads = SingleFlight(store.read, join_running=False)
+    first, queued = await under_way_then_queued(reads, 1)
+    settled = asyncio.create_task(reads.settled())
+    await store.open_gate(0)
+    await settle()
+    assert not settled.done()  # the queued read started when the first ended
+    await store.open_gate(1)
+    await settled
+    assert reads.in_flight() == 0
+    assert await asyncio.gather(first, *queued) == ["absent", "absent"]
+
+
+async def test_aclose_cancels_the_run_under_way_and_the_queued_callers() -> None:
+    store = Store()
+    reads = SingleFlight(store.read, join_running=False)
+    first, queued = await under_way_then_queued(reads, 2)
+    await reads.aclose()
+    results = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results)
+    assert len(store.reads) == 1  # the queued read never started
+    assert reads.in_flight() == 0
