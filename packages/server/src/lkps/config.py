@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     rate_limit_session_per_client: int = Field(default=6000, ge=0)
     rate_limit_session_per_user: int = Field(default=60, ge=0)
     rate_limit_register_per_agent: int = Field(default=120, ge=0)
+    # Rejected tokens are recorded per source address and kind of failure at most once a
+    # window (the next record counts those left out), and at most this many a window
+    # per process: an unauthenticated flood cannot grow the trail faster than that.
+    audit_rejection_window_seconds: float = Field(default=60.0, gt=0)
+    audit_rejections_per_window: int = Field(default=300, ge=1)
     # Shared state across replicas (rate-limit counters). Optional: without it each
     # replica limits on its own.
     redis_url: str = ""

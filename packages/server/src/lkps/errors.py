@@ -43,10 +43,13 @@ class Unauthenticated(LKPSError):
     status_code = 401
     code = "invalid_token"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, kind: str | None = None) -> None:
         # One message for every token failure: the caller learns nothing it could use
         # to probe the validator; the reason goes to the audit record and the log.
         super().__init__("The access token is missing or invalid", reason=reason)
+        # What failed, without anything the caller sent (a reason may quote a header's
+        # value): rejected tokens are recorded per source and kind, at a bounded rate.
+        self.kind = kind or reason
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer error="invalid_token"'}

@@ -45,6 +45,11 @@ PRESENCE_READ_CALLERS = Histogram(
     " started after each of them)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+AUDIT_REJECTIONS_UNRECORDED = Counter(
+    "lkps_audit_rejections_unrecorded_total",
+    "Rejected tokens left out of the audit trail by its rate bound (the next record of the"
+    " same source and failure counts them)",
+)
 AUDIT_FAILURES = Counter(
     "lkps_audit_write_failures_total", "Audit batches that could not be committed"
 )

@@ -14,6 +14,7 @@ import httpx
 
 from lkps.agents import AgentRegistry, AgentService, AgentTerms, PresenceSweeper
 from lkps.audit import AuditEvent, AuditLog, AuditScope, AuditTrail, RequestContext
+from lkps.audit.rejections import RejectionRate
 from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthorizationSource
 from lkps.authorization.graph import graph_source_from_settings
 from lkps.authorization.overrides import AuthorizationOverrides
@@ -119,7 +120,16 @@ async def running_services(
             pool_size=settings.database_pool_size,
         )
         teardown.push_async_callback(_shutdown_step, "dispose of the database", db.dispose)
-        audit = AuditLog(db, clock=clock, observers=[count_session_start])
+        audit = AuditLog(
+            db,
+            clock=clock,
+            observers=[count_session_start],
+            rejections=RejectionRate(
+                clock,
+                window_seconds=settings.audit_rejection_window_seconds,
+                per_window=settings.audit_rejections_per_window,
+            ),
+        )
         http = httpx.AsyncClient(verify=outbound_tls(settings.tls_ca_bundle))
         teardown.push_async_callback(_shutdown_step, "close the HTTP client", http.aclose)
         jwks_http = http

@@ -33,6 +33,7 @@ from lkps.audit.records import (
     AuditRecord,
     Outcome,
 )
+from lkps.audit.rejections import RejectionRate
 from lkps.clock import Clock, SystemClock
 from lkps.errors import ServiceUnavailable
 from lkps.metrics import AUDIT_BATCH, AUDIT_FAILURES, AUDIT_RECORDS, AUDIT_WRITE
@@ -81,12 +82,14 @@ class AuditLog:
         *,
         clock: Clock | None = None,
         observers: Iterable[RecordObserver] = (),
+        rejections: RejectionRate | None = None,
         max_batch: int = 256,
         write_timeout: float = 10.0,
     ) -> None:
         self._db = db
         self.clock: Clock = clock or SystemClock()
         self._observers = (count_record, *observers)
+        self.rejections = rejections or RejectionRate(self.clock)
         self._max_batch = max_batch
         self._write_timeout = write_timeout
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()

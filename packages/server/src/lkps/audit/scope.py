@@ -30,7 +30,7 @@ from typing import Any
 
 from lkps.audit.log import AuditLog, AuditUnavailable
 from lkps.audit.records import AuditEntry, AuditEvent, AuditRecord, Outcome
-from lkps.errors import InternalError, LKPSError, ServiceUnavailable
+from lkps.errors import InternalError, LKPSError, ServiceUnavailable, Unauthenticated
 from lkps.identity.caller import Caller
 
 log = logging.getLogger("lkps.audit")
@@ -116,6 +116,12 @@ class AuditScope:
             self._finish(Outcome.GRANTED, self._status, self._reason)
             await self._append()
             return False
+        if isinstance(exc, Unauthenticated):
+            unrecorded = self._log.rejections.admit(self.entry.client_ip, exc.kind)
+            if unrecorded is None:
+                return False  # within its pair's window: counted, not recorded
+            if unrecorded:
+                self.detail(unrecorded_since_last=unrecorded)
         if isinstance(exc, LKPSError):
             self._finish(Outcome.DENIED, exc.status_code, exc.reason)
             await self._append(cause=exc)

@@ -135,7 +135,9 @@ class TokenValidator:
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"malformed token: {type(exc).__name__}") from None
         if header.get("alg") != "RS256":
-            raise Unauthenticated(f"algorithm {header.get('alg')!r} is not accepted")
+            raise Unauthenticated(
+                f"algorithm {header.get('alg')!r} is not accepted", kind="algorithm not accepted"
+            )
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("token header has no kid")
@@ -161,7 +163,9 @@ class TokenValidator:
         except jwt.InvalidIssuerError:
             raise Unauthenticated("token issuer is not accepted") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise Unauthenticated(f"token lacks the {exc.claim!r} claim") from None
+            raise Unauthenticated(
+                f"token lacks the {exc.claim!r} claim", kind="token lacks a claim"
+            ) from None
         except jwt.InvalidSignatureError:
             raise Unauthenticated("token signature does not verify") from None
         except jwt.PyJWTError as exc:
