@@ -102,7 +102,7 @@ def lkps_process(
         log_path=cwd / "lkps-process.log",
         ready=lambda: answers_200(health_url, timeout=1),
         what="lkps",
-        timeout=30,
+        timeout=READY_TIMEOUT,
         env=env,
         cwd=cwd,
     ) as process:
