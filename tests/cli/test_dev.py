@@ -226,16 +226,11 @@ def test_the_banner_commands_work_as_printed_on_another_port(tmp_path: Path) -> 
             "examples/agent/agent.py start"
         )
 
-        tried = run_shell(indented_block(banner, "Try it"), shell, tmp_path)
-        assert tried.returncode == 0, tried.stderr
-        assert '"registration_id"' in tried.stdout
-        assert ROOM.search(tried.stdout), tried.stdout
-
-        # The registration helper it names holds the agent present past the TTL, and
-        # takes it away on SIGTERM (`kill %1`) as on Ctrl-C.
+        # The registration helper it names holds the agent present (while the "Try it"
+        # commands run, however slowly, and past the TTL), and takes it away on SIGTERM
+        # (`kill %1`) as on Ctrl-C.
         [register] = [line.strip() for line in banner.splitlines() if "dev register" in line]
         assert f"--url {base}" in register
-        user = run_lkps("dev", "token", "--user", "alice", env=instance, cwd=tmp_path)
         log = tmp_path / "register.log"
         with log.open("w") as output:
             helper = subprocess.Popen(
@@ -250,6 +245,12 @@ def test_the_banner_commands_work_as_printed_on_another_port(tmp_path: Path) -> 
                 timeout=120,
                 log=log.read_text,
             )
+            tried = run_shell(indented_block(banner, "Try it"), shell, tmp_path)
+            assert tried.returncode == 0, tried.stderr
+            assert '"registration_id"' in tried.stdout
+            assert ROOM.search(tried.stdout), tried.stdout
+
+            user = run_lkps("dev", "token", "--user", "alice", env=instance, cwd=tmp_path)
             time.sleep(ttl + 2)  # the curl registration above has lapsed by now
             assert session_status(base, user.stdout.strip()) == 200
         finally:
@@ -274,7 +275,7 @@ def test_the_readme_walkthrough_works_as_printed_at_a_readers_pace(tmp_path: Pat
     # presence TTL between steps 1 and 2.
     [paste] = [line for line in lines if "<participant_token>" in line]
     step_2 = lines.index(next(line for line in lines if line.startswith("# 2.")))
-    script = [*lines[:step_2], f"sleep {ttl + 3}", *lines[step_2:]]
+    script = [*lines[:step_2], f"sleep {ttl + 12}", *lines[step_2:]]
     script.remove(paste)
     instance = clean_environment(LKPS_PRESENCE_TTL=str(ttl), LKPS_HEARTBEAT_INTERVAL="1")
     with lkps_process(
@@ -289,3 +290,17 @@ def test_the_readme_walkthrough_works_as_printed_at_a_readers_pace(tmp_path: Pat
     assert "audit chain intact" in walked.stdout
     assert "deregistered agent" in walked.stdout  # step 5
     assert after == 404
+
+
+def test_dev_register_says_when_no_instance_answers(tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    result = run_lkps("dev", "register", "--url", nowhere, env=clean_environment(), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"cannot reach LKPS at {nowhere}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dev_register_refuses_a_non_dev_environment(tmp_path: Path) -> None:
+    result = run_lkps("dev", "register", env=clean_environment(LKPS_ENV="np"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "only runs with LKPS_ENV=dev" in result.stderr

@@ -47,11 +47,10 @@ def shown_database(url: str) -> str:
     database as its URL with the password hidden."""
     from sqlalchemy.engine import make_url
 
-    parsed = make_url(url)
     path = _sqlite_file(url)
     if path is not None:
         return str(path.resolve())
-    return parsed.render_as_string(hide_password=True)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def existing_database(settings: Settings, *, elsewhere: str = "") -> str:

@@ -58,11 +58,6 @@ class Remote:
         """Whether the command names a running LKPS (else it reads the local store)."""
         return self.url is not None or self.env is not None
 
-    @property
-    def given(self) -> bool:
-        """Whether any of the options was given (or came from its environment variable)."""
-        return any(value is not None for value in (self.url, self.token, self.scope, self.env))
-
     def connect(self) -> LkpsClient:
         return connect(self.url, self.token, self.scope, self.env)
 
