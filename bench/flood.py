@@ -12,7 +12,6 @@ after: the audit table's size (`pg_total_relation_size`), its rows, and the WAL 
 The issue's target: under 1 MB of audit store for a 60 s flood, valid starts all 200.
 """
 
-
 from __future__ import annotations
 
 import argparse

@@ -38,6 +38,7 @@ from tests.backends import (
     unique_name,
 )
 from tests.categories import CATEGORIES, uncategorized
+from tests.processes import LIVEKIT_AGENTS_HTTP_PORT, listening
 
 API_AUDIENCE = "api://livekit-platform-service-test.example.com"
 LKPS_CLIENT_ID = "5c1f3d9e-0a7b-4c2d-9e8f-112233445566"
@@ -228,6 +229,14 @@ def redis_url(_redis_server: str) -> Iterator[RedisTarget]:
         yield target
     finally:
         target.clear()
+
+
+@pytest.fixture
+def livekit_agents_port_taken() -> Iterator[None]:
+    """livekit-agents' fixed health port (8081) held by someone else, as on a developer's
+    machine where another agent or service runs: the tests' agents must not need it."""
+    with listening(LIVEKIT_AGENTS_HTTP_PORT):
+        yield
 
 
 @pytest.fixture

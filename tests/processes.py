@@ -26,6 +26,24 @@ READY_TIMEOUT = 60.0  # imports alone take a few seconds on a busy 2-core machin
 STOP_TIMEOUT = 30.0
 
 
+LIVEKIT_AGENTS_HTTP_PORT = 8081  # livekit-agents' health endpoint under `start`
+
+
+@contextmanager
+def listening(port: int, host: str = "127.0.0.1") -> Iterator[bool]:
+    """A socket listening on `host:port` for the block, so that a process binding the
+    port (on any interface) fails. Yields False when something else already listens
+    there: the port is taken either way, which is what the caller wants."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            yield False
+            return
+        sock.listen()
+        yield True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

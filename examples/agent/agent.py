@@ -3,7 +3,7 @@ and echoes what they send.
 
 Against `lkps dev` (and `livekit-server --dev`) on this machine:
 
-    LKPS_ENVIRONMENT=dev python examples/agent/agent.py start
+    LKPS_ENVIRONMENT=dev python3 -m uv run python examples/agent/agent.py start
 
 Against a real LKPS, configure the agent's Entra identity instead (see docs/agent-guide.md):
 
@@ -11,6 +11,9 @@ Against a real LKPS, configure the agent's Entra identity instead (see docs/agen
     AZURE_CLIENT_SECRET=... LKPS_AUTH=secret python examples/agent/agent.py start
 
 No LIVEKIT_API_KEY or LIVEKIT_API_SECRET anywhere: LKPS issues the worker's token.
+
+AGENT_HTTP_PORT sets the port of the worker's health endpoint (livekit-agents binds 8081
+under `start`); 0 picks any free port, for several agents on one machine.
 """
 
 from __future__ import annotations
@@ -23,18 +26,25 @@ from pathlib import Path
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import JobContext, cli
+from livekit.agents import JobContext
 
-from lkps_agent import LkpsAgentServer
+from lkps_agent import LkpsAgentServer, run_app
 
 logger = logging.getLogger("example-agent")
 
 GREETING_TOPIC = "lkps.example"
 
+# The worker's health endpoint (GET / and /worker): livekit-agents binds 8081 under `start`
+# unless told otherwise; 0 picks any free port.
+http_port: dict[str, Any] = (
+    {"port": int(os.environ["AGENT_HTTP_PORT"])} if os.environ.get("AGENT_HTTP_PORT") else {}
+)
+
 server = LkpsAgentServer(  # was: AgentServer(...)
     # Above this CPU load the worker reports itself full and LiveKit stops dispatching to
     # it; on a shared machine (a CI runner) raise it, "inf" never reports full.
     load_threshold=float(os.environ.get("AGENT_LOAD_THRESHOLD", "0.7")),
+    **http_port,
 )
 
 
@@ -91,4 +101,4 @@ def _report(ctx: JobContext, metadata: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_app(server)
+    run_app(server)  # was: cli.run_app(server); the same CLI, exiting 1 if the worker fails

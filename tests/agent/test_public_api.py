@@ -31,6 +31,7 @@ PUBLIC = {
     "RegistrationRefusedError",
     "UnsupportedLiveKitAgentsError",
     "build_credential",
+    "run_app",
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.backends import StoreSql, TestDatabase
 from tests.conftest import Lkps
-from tests.processes import clean_environment, run_lkps
+from tests.processes import clean_environment, free_port, run_lkps
 
 pytestmark = pytest.mark.cli
 
@@ -87,7 +87,46 @@ async def test_tail_prints_the_newest(trail: dict[str, str], tmp_path: Path) -> 
 
 
 def test_audit_without_a_store_is_a_clear_error(tmp_path: Path) -> None:
-    env = clean_environment(LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'none.db'}")
+    store = tmp_path / "none.db"
+    env = clean_environment(LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{store}")
     result = run_lkps("audit", "verify", env=env, cwd=tmp_path)
     assert result.returncode == 2
-    assert "no LKPS schema" in result.stderr and "Traceback" not in result.stderr
+    assert f"no LKPS database at {store}" in result.stderr and "Traceback" not in result.stderr
+    assert not store.exists()
+    store.touch()  # a file, but not LKPS's
+    result = run_lkps("audit", "verify", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"no LKPS schema at {store}" in result.stderr and "Traceback" not in result.stderr
+
+
+READ_ONLY = [
+    ("audit", "verify"),
+    ("audit", "tail"),
+    ("audit", "search"),
+    ("audit", "export"),
+    ("db", "current"),
+]
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
+def test_read_only_commands_outside_lkps_create_nothing_and_say_where_they_looked(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = run_lkps(*command, env=clean_environment(), cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"no LKPS database at {tmp_path / 'var' / 'lkps.db'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no var/, no lkps.db
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
+def test_an_unreachable_database_is_named_with_its_password_hidden(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql+asyncpg://lkps:a-database-password@127.0.0.1:{port}/lkps"
+    result = run_lkps(*command, env=clean_environment(LKPS_DATABASE_URL=url), cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"postgresql+asyncpg://lkps:***@127.0.0.1:{port}/lkps" in result.stderr
+    assert "a-database-password" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -7,7 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from lkps.cli.main import app
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_B, Served
 from tests.processes import clean_environment, run_lkps
 
@@ -102,3 +104,53 @@ def test_remote_commands_say_which_lkps_is_missing(tmp_path: Path) -> None:
     result = run_lkps("agents", "--token", "x", env=clean_environment(), cwd=tmp_path)
     assert result.returncode == 2
     assert "--url" in result.stderr
+
+
+# Every command that can talk to a running LKPS takes --url/--token/--env (and --scope)
+# on itself, as `lkps audit search` always did: `lkps agents override ID --url …`.
+REMOTE_COMMANDS = [
+    ("agents",),
+    ("agents", "list"),
+    ("agents", "override", AGENT, "--enforce"),
+    ("agents", "clear-override", AGENT),
+    ("session", "start", "--agent", AGENT),
+    ("audit", "verify"),
+    ("audit", "tail"),
+    ("audit", "search"),
+    ("audit", "export"),
+]
+COMMAND_IDS = [" ".join(command[:2]) for command in REMOTE_COMMANDS]
+
+
+@pytest.mark.parametrize("command", REMOTE_COMMANDS, ids=COMMAND_IDS)
+def test_every_remote_command_shows_url_token_env_in_its_help(command: tuple[str, ...]) -> None:
+    words = [word for word in command if not word.startswith("--") and word != AGENT]
+    result = CliRunner().invoke(app, [*words, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for option in ("--url", "--token", "--env", "--scope"):
+        assert option in result.output, (command, option)
+
+
+@pytest.mark.parametrize("command", REMOTE_COMMANDS, ids=COMMAND_IDS)
+def test_every_remote_command_takes_url_token_env_on_itself(
+    served: Served, command: tuple[str, ...], tmp_path: Path
+) -> None:
+    token = (
+        served.user_token()
+        if command[0] == "session"
+        else roles(served, "LKPS.Admin", "LKPS.Auditor")
+    )
+    # On the command line only (no LKPS_URL/LKPS_TOKEN), after the subcommand; --env dev
+    # with --url is the dev deployment moved to this server.
+    options = ["--url", served.url, "--token", token, "--env", "dev"]
+    result = run_lkps(*command, *options, env=clean_environment(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_options_before_the_subcommand_are_refused_saying_where_they_go(tmp_path: Path) -> None:
+    result = run_lkps(
+        "agents", "--url", "http://127.0.0.1:9", "override", AGENT, env=clean_environment(),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "give --url after 'override'" in result.stderr

@@ -157,7 +157,10 @@ def test_serve_refuses_a_store_without_the_schema_in_one_line(
 
 def test_db_upgrade_and_current(empty_database: TestDatabase, tmp_path: Path) -> None:
     env = clean_environment(LKPS_DATABASE_URL=empty_database.url)
-    assert run_lkps("db", "current", env=env, cwd=tmp_path).returncode == 1
+    # An empty PostgreSQL database has no schema yet (1); a SQLite file that is not there
+    # is no database at all (2), and `db current` does not create it.
+    empty = run_lkps("db", "current", env=env, cwd=tmp_path)
+    assert empty.returncode == (2 if empty_database.url.startswith("sqlite") else 1), empty.stderr
     upgraded = run_lkps("db", "upgrade", env=env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     current = run_lkps("db", "current", env=env, cwd=tmp_path)

@@ -27,7 +27,7 @@ class Stack:
     entra: EntraDouble
     workdir: Path
     _lkps_factory: Callable[[], Replica]
-    _agent_factory: Callable[[str], AgentProcess]
+    _agent_factory: Callable[[str, int], AgentProcess]
     lkps: Replica | None = None
     agents: list[AgentProcess] = field(default_factory=list)
 
@@ -36,9 +36,9 @@ class Stack:
         self.lkps.wait_ready()
         return self.lkps
 
-    def start_agent(self) -> AgentProcess:
+    def start_agent(self, http_port: int = 0) -> AgentProcess:
         assert self.lkps is not None, "start LKPS first"
-        agent = self._agent_factory(self.lkps.url).start()
+        agent = self._agent_factory(self.lkps.url, http_port).start()
         self.agents.append(agent)
         return agent
 
@@ -92,13 +92,14 @@ def make_stack(
             port["LKPS_PORT"] = str(replica.port)
             return replica
 
-        def new_agent(lkps_url: str) -> AgentProcess:
+        def new_agent(lkps_url: str, http_port: int) -> AgentProcess:
             return AgentProcess(
                 tmp_path,
                 lkps_url=lkps_url,
                 entra=entra,
                 authority=entra_tls_server.url,
                 ca_bundle=tls.ca_cert,
+                http_port=http_port,
             )
 
         stack = Stack(livekit_double, entra, tmp_path, new_lkps, new_agent)

@@ -83,8 +83,18 @@ class AgentProcess(ManagedProcess):
     """examples/agent/agent.py `start`, with an Entra client secret, as its own process."""
 
     def __init__(
-        self, workdir: Path, *, lkps_url: str, entra: EntraDouble, authority: str, ca_bundle: Path
+        self,
+        workdir: Path,
+        *,
+        lkps_url: str,
+        entra: EntraDouble,
+        authority: str,
+        ca_bundle: Path,
+        http_port: int = 0,
     ) -> None:
+        """`http_port`: the worker's health endpoint (AGENT_HTTP_PORT); 0, the default,
+        lets the OS pick a free one, so agents never collide with each other or with
+        whatever else listens on livekit-agents' 8081."""
         entra.client_secrets[AGENT] = AGENT_SECRET
         env = {
             key: value
@@ -105,6 +115,7 @@ class AgentProcess(ManagedProcess):
             "PYTHONUNBUFFERED": "1",
             # The test machine is shared: CPU load must not mark the worker full.
             "AGENT_LOAD_THRESHOLD": "inf",
+            "AGENT_HTTP_PORT": str(http_port),
         }
         command = [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"]
         super().__init__("agent", command, env, workdir)

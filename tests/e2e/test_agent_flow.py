@@ -25,9 +25,14 @@ from tests.e2e.harness import (
     user_token,
     wait_for,
 )
-from tests.processes import free_port
+from tests.processes import free_port, listening
 
-pytestmark = [pytest.mark.e2e, pytest.mark.backends("sqlite")]
+# livekit-agents' fixed port 8081 is held throughout: every agent here binds one of its own.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.backends("sqlite"),
+    pytest.mark.usefixtures("livekit_agents_port_taken"),
+]
 
 JWT = re.compile(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}")
 
@@ -133,6 +138,7 @@ def test_livekit_refusing_lkps_tokens_stops_the_agent_with_a_clear_error(
     stack = make_stack(LKPS_LIVEKIT_API_SECRET="a-secret-livekit-has-never-heard-of-32+chars")
     agent = stack.start_agent()
     wait_for(lambda: not agent.running, timeout=90, what="the agent stopping")
+    assert agent.wait(timeout=5) == 1  # a process manager sees the failure
     log = agent.log_text()
     # Not silent retries: the first 401 is reported and answered with a fresh token; the
     # second one ends the agent, saying who can fix it.
@@ -142,6 +148,26 @@ def test_livekit_refusing_lkps_tokens_stops_the_agent_with_a_clear_error(
     assert agent.log_count('"renewed the LKPS registration"') == 1
     assert stack.livekit.workers(AGENT, connected_only=False) == []  # never let in
     # It deregistered on the way out, and was never present (its worker never connected).
+    assert agent.log_count('"deregistered from LKPS"') == 1
+    assert session_status(stack.lkps_url, stack.entra) == 404
+    assert_logs_hold_no_secret(stack, agent)
+
+
+def test_an_agent_whose_http_port_is_taken_exits_non_zero_saying_so(
+    make_stack: StackFactory,
+) -> None:
+    stack = make_stack()
+    with listening(port := free_port()):
+        agent = stack.start_agent(http_port=port)
+        status = agent.wait(timeout=90)
+    log = agent.log_text()
+    assert status == 1, log[-3000:]
+    [line] = [line for line in log.splitlines() if line.startswith("lkps-agent:")]
+    assert line.startswith("lkps-agent: the agent could not start:"), line
+    assert f":{port})" in line or f", {port})" in line, line
+    assert "address already in use" in line
+    assert "LkpsAgentServer(port=...)" in line
+    # It had registered first, and deregistered on the way out.
     assert agent.log_count('"deregistered from LKPS"') == 1
     assert session_status(stack.lkps_url, stack.entra) == 404
     assert_logs_hold_no_secret(stack, agent)

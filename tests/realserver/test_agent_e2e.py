@@ -24,7 +24,12 @@ from tests.e2e.harness import (
 )
 from tests.realserver.conftest import RealLiveKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.backends("sqlite")]
+# livekit-agents' fixed port 8081 is held throughout: the agent binds one of its own.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.backends("sqlite"),
+    pytest.mark.usefixtures("livekit_agents_port_taken"),
+]
 
 TOPIC = "lkps.example"
 

@@ -1,7 +1,7 @@
 """Run a livekit-agents worker on an Entra identity: LKPS issues its LiveKit token.
 
-    from livekit.agents import JobContext, cli
-    from lkps_agent import LkpsAgentServer
+    from livekit.agents import JobContext
+    from lkps_agent import LkpsAgentServer, run_app
 
     server = LkpsAgentServer()  # reads LKPS_ENVIRONMENT, AZURE_CLIENT_ID, ... (AgentConfig)
 
@@ -10,7 +10,7 @@
         await ctx.connect()
 
     if __name__ == "__main__":
-        cli.run_app(server)
+        run_app(server)  # livekit-agents' cli.run_app, exiting 1 when the worker failed
 
 No LIVEKIT_API_KEY or LIVEKIT_API_SECRET: the SDK registers with LKPS, connects the
 worker with the token LKPS returns, heartbeats, renews the token before it expires and
@@ -28,6 +28,7 @@ from lkps_agent._errors import (
     UnsupportedLiveKitAgentsError,
 )
 from lkps_agent._lifecycle import AgentLifecycle
+from lkps_agent._runner import run_app
 from lkps_agent._server import LkpsAgentServer
 from lkps_agent._status import AgentState, AgentStatus
 
@@ -46,6 +47,7 @@ __all__ = [
     "RegistrationRefusedError",
     "UnsupportedLiveKitAgentsError",
     "build_credential",
+    "run_app",
 ]
 
 # Public classes report the package, not the private module they are defined in, so

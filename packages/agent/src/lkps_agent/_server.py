@@ -72,6 +72,7 @@ class LkpsAgentServer(SeamedAgentServer):
         self._lkps_http: httpx.AsyncClient | None = None
         self._lkps_owned_credential: Any = None
         self._lkps_closing: asyncio.Task[None] | None = None
+        self._lkps_failure: BaseException | None = None
         api_key, api_secret = placeholder_credentials()
         super().__init__(api_key=api_key, api_secret=api_secret, **agent_server_options)
 
@@ -98,10 +99,24 @@ class LkpsAgentServer(SeamedAgentServer):
             worker_connected=False,
         )
 
+    @property
+    def lkps_failure(self) -> BaseException | None:
+        """Why the last `run()` failed, if it did: livekit-agents' CLI only logs the error
+        ("worker failed"), so `lkps_agent.run_app` reads it here to exit non-zero."""
+        return self._lkps_failure
+
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
         """Register with LKPS (retrying while LKPS or Entra are unreachable), then run the
         worker. Raises `LkpsAgentError` when the agent cannot run (LKPS refused it, or
-        LiveKit refused LKPS's token); `unregistered=True` (console mode) skips LKPS."""
+        LiveKit refused LKPS's token), or the worker's own error (its HTTP port in use,
+        for one); `unregistered=True` (console mode) skips LKPS."""
+        try:
+            await self._run(devmode=devmode, unregistered=unregistered)
+        except Exception as exc:
+            self._lkps_failure = exc
+            raise
+
+    async def _run(self, *, devmode: bool, unregistered: bool) -> None:
         if unregistered:
             await super().run(devmode=devmode, unregistered=True)
             return

@@ -4,34 +4,38 @@ from __future__ import annotations
 
 import typer
 
-from lkps.cli.remote import (
-    ENV_OPTION,
-    JSON_OPTION,
-    SCOPE_OPTION,
-    TOKEN_OPTION,
-    URL_OPTION,
-    call,
-    connect,
-    to_json,
-)
+from lkps.cli.common import fail
+from lkps.cli.remote import JSON_OPTION, Remote, call, remote_command, to_json
 
 app = typer.Typer(help="Agents of a running LKPS (app role LKPS.Admin or LKPS.Auditor).")
 
 
 @app.callback(invoke_without_command=True)
-def agents(
-    ctx: typer.Context,
-    as_json: bool = JSON_OPTION,
-    url: str | None = URL_OPTION,
-    token: str | None = TOKEN_OPTION,
-    scope: str | None = SCOPE_OPTION,
-    env: str | None = ENV_OPTION,
-) -> None:
-    """List registered agents: presence, workers, enforcement, version, last heartbeat."""
-    if ctx.invoked_subcommand is not None:
-        ctx.obj = (url, token, scope, env)
+@remote_command
+def agents(ctx: typer.Context, as_json: bool = JSON_OPTION, *, remote: Remote) -> None:
+    """List registered agents (as `lkps agents list`); or one of the commands below."""
+    if ctx.invoked_subcommand is None:
+        _list(as_json, remote)
         return
-    with connect(url, token, scope, env) as client:
+    # Options belong to the command they change: `lkps agents override ID --url …`.
+    misplaced = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name and _from_command_line(ctx, param.name)
+    ]
+    if misplaced:
+        fail(f"give {', '.join(misplaced)} after {ctx.invoked_subcommand!r}, not before it")
+
+
+@app.command("list")
+@remote_command
+def list_agents(as_json: bool = JSON_OPTION, *, remote: Remote) -> None:
+    """List registered agents: presence, workers, enforcement, version, last heartbeat."""
+    _list(as_json, remote)
+
+
+def _list(as_json: bool, remote: Remote) -> None:
+    with remote.connect() as client:
         listed = call(client.list_agents)
     if as_json:
         typer.echo(to_json(listed))
@@ -55,16 +59,18 @@ def agents(
 
 
 @app.command("override")
+@remote_command
 def override(
-    ctx: typer.Context,
     agent: str = typer.Argument(..., help="The agent's app id"),
     enforce: bool | None = typer.Option(
         None, "--enforce/--no-enforce", help="Force client authorization on or off"
     ),
     allow: list[str] = typer.Option([], "--allow", help="Client app id to allow (repeatable)"),
+    *,
+    remote: Remote,
 ) -> None:
     """Set an agent's authorization override (app role LKPS.Admin); replaces the old one."""
-    with connect(*ctx.obj) as client:
+    with remote.connect() as client:
         result = call(
             lambda: client.set_authorization_override(
                 agent, enforce_client_authz=enforce, additional_clients=allow
@@ -74,8 +80,17 @@ def override(
 
 
 @app.command("clear-override")
-def clear_override(ctx: typer.Context, agent: str = typer.Argument(...)) -> None:
+@remote_command
+def clear_override(
+    agent: str = typer.Argument(..., help="The agent's app id"), *, remote: Remote
+) -> None:
     """Remove an agent's override (app role LKPS.Admin)."""
-    with connect(*ctx.obj) as client:
+    with remote.connect() as client:
         call(lambda: client.clear_authorization_override(agent))
     typer.echo(f"override of {agent} removed")
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    # Not from its environment variable: LKPS_URL set in the shell is no mistake.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"

@@ -17,16 +17,15 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import typer
 
-from lkps.cli.common import fail, load_settings, run
-from lkps.cli.remote import (
-    ENV_OPTION,
-    SCOPE_OPTION,
-    TOKEN_OPTION,
-    URL_OPTION,
-    call,
-    connect,
-    to_json,
+from lkps.cli.common import (
+    existing_database,
+    fail,
+    load_settings,
+    read_revision,
+    run,
+    shown_database,
 )
+from lkps.cli.remote import Remote, call, remote_command, to_json
 
 if TYPE_CHECKING:
     from lkps.audit import AuditFilter, AuditLog
@@ -48,14 +47,14 @@ def _with_log(action: Callable[[AuditLog], Awaitable[T]]) -> T:
     # Imported here so that `lkps --help` and `lkps dev token` start quickly.
     from lkps.audit import AuditLog
     from lkps.store import Database
-    from lkps.store.migrate import current_revision
 
     settings = load_settings()
+    url = existing_database(settings, elsewhere=", or ask a running LKPS with --url")
 
     async def go() -> T:
-        if await current_revision(settings.database_url) is None:
-            fail(f"no LKPS schema at {settings.database_url}: start LKPS or run `lkps db upgrade`")
-        db = Database.from_url(settings.database_url, timeout=settings.database_timeout_seconds)
+        if await read_revision(url) is None:
+            fail(f"no LKPS schema at {shown_database(url)}: start LKPS or run `lkps db upgrade`")
+        db = Database.from_url(url, timeout=settings.database_timeout_seconds)
         try:
             return await action(AuditLog(db))
         finally:
@@ -64,20 +63,12 @@ def _with_log(action: Callable[[AuditLog], Awaitable[T]]) -> T:
     return run(go())
 
 
-def _remote(url: str | None, env: str | None) -> bool:
-    return url is not None or env is not None
-
-
 @app.command("verify")
-def verify(
-    url: str | None = URL_OPTION,
-    token: str | None = TOKEN_OPTION,
-    scope: str | None = SCOPE_OPTION,
-    env: str | None = ENV_OPTION,
-) -> None:
+@remote_command
+def verify(*, remote: Remote) -> None:
     """Check the hash chain; exit 1 and name the first broken link if it is broken."""
-    if _remote(url, env):
-        with connect(url, token, scope, env) as client:
+    if remote.chosen:
+        with remote.connect() as client:
             report = call(client.verify_audit)
         ok, line = (
             report.ok,
@@ -96,18 +87,17 @@ def verify(
 
 
 @app.command("tail")
+@remote_command
 def tail(
     lines: int = typer.Option(20, "-n", "--lines", min=1, help="How many records"),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new records"),
-    url: str | None = URL_OPTION,
-    token: str | None = TOKEN_OPTION,
-    scope: str | None = SCOPE_OPTION,
-    env: str | None = ENV_OPTION,
+    *,
+    remote: Remote,
 ) -> None:
     """Print the newest records as JSON lines, oldest of them first."""
     try:
-        if _remote(url, env):
-            _tail_remote(lines, follow, connect(url, token, scope, env))
+        if remote.chosen:
+            _tail_remote(lines, follow, remote.connect())
         else:
             _with_log(lambda log: _tail_local(log, lines, follow))
     except KeyboardInterrupt:
@@ -142,6 +132,7 @@ def _tail_remote(lines: int, follow: bool, client: Any) -> None:
 
 
 @app.command("search")
+@remote_command
 def search(
     event: str | None = EVENT_OPTION,
     outcome: str | None = OUTCOME_OPTION,
@@ -151,17 +142,15 @@ def search(
     since: datetime | None = SINCE_OPTION,
     until: datetime | None = UNTIL_OPTION,
     limit: int = typer.Option(100, "-n", "--limit", min=1, help="At most this many records"),
-    url: str | None = URL_OPTION,
-    token: str | None = TOKEN_OPTION,
-    scope: str | None = SCOPE_OPTION,
-    env: str | None = ENV_OPTION,
+    *,
+    remote: Remote,
 ) -> None:
     """Records matching every filter given, newest first, as JSON lines."""
     for name, value in (("--since", since), ("--until", until)):
         if value is not None and value.tzinfo is None:
             fail(f"{name} needs a time zone, e.g. 2026-11-23T12:00:00Z")
-    if _remote(url, env):
-        with connect(url, token, scope, env) as client:
+    if remote.chosen:
+        with remote.connect() as client:
             found = call(
                 lambda: _take(
                     client.audit_records(
@@ -200,19 +189,18 @@ async def _search_local(log: AuditLog, where: AuditFilter, limit: int) -> list[d
 
 
 @app.command("export")
+@remote_command
 def export(
     format: Literal["jsonl"] = typer.Option("jsonl", "--format", help="Output format"),
     output: Path | None = typer.Option(None, "-o", "--output", help="File (default: stdout)"),
-    url: str | None = URL_OPTION,
-    token: str | None = TOKEN_OPTION,
-    scope: str | None = SCOPE_OPTION,
-    env: str | None = ENV_OPTION,
+    *,
+    remote: Remote,
 ) -> None:
     """Write every record, oldest first, with its hashes, for archival or analysis."""
     stream = output.open("w", encoding="utf-8") if output else sys.stdout
     try:
-        if _remote(url, env):
-            with connect(url, token, scope, env) as client:
+        if remote.chosen:
+            with remote.connect() as client:
                 # The API pages newest first; archives read best oldest first.
                 documents = call(lambda: [json.loads(to_json(r)) for r in client.audit_records()])
             documents.reverse()

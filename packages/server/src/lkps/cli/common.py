@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -39,3 +40,54 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         fail(str(exc))
     except LKPSError as exc:
         fail(exc.reason, code=3)
+
+
+def shown_database(url: str) -> str:
+    """Where `url` points, for a message: a SQLite file as its absolute path, any other
+    database as its URL with the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    path = _sqlite_file(url)
+    if path is not None:
+        return str(path.resolve())
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def existing_database(settings: Settings, *, elsewhere: str = "") -> str:
+    """`settings.database_url`, once it is known to exist. A read-only command must not
+    create a store: SQLite makes its file (and LKPS its folder) on the first connection,
+    so `lkps audit verify` run in the wrong folder would leave an empty `var/lkps.db`
+    behind and report on it. `elsewhere` adds another way to the message (`--url`)."""
+    url = settings.database_url
+    path = _sqlite_file(url)
+    if path is not None and not path.is_file():
+        fail(
+            f"no LKPS database at {path.resolve()} (LKPS_DATABASE_URL={url}): run this in the "
+            f"folder LKPS runs in, or set LKPS_DATABASE_URL{elsewhere}"
+        )
+    return url
+
+
+async def read_revision(url: str) -> str | None:
+    """The store's schema revision (None: no LKPS schema); a store that cannot be reached
+    fails the command with one line naming it, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lkps.store.migrate import current_revision
+
+    try:
+        return await current_revision(url)
+    except (SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        fail(f"cannot read the LKPS database at {shown_database(url)}: {reason}")
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database.removeprefix("file:").partition("?")[0])

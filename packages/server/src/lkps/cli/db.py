@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lkps.cli.common import load_settings, run
+from lkps.cli.common import existing_database, load_settings, read_revision, run
 
 app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
@@ -25,10 +25,9 @@ def upgrade_command(revision: str = typer.Argument("head")) -> None:
 @app.command("current")
 def current_command() -> None:
     """Show the schema revision, and whether it is the newest."""
-    from lkps.store.migrate import current_revision, head_revision
+    from lkps.store.migrate import head_revision
 
-    settings = load_settings()
-    revision = run(current_revision(settings.database_url))
+    revision = run(read_revision(existing_database(load_settings())))
     head = head_revision()
     typer.echo(
         f"{revision or 'empty'} ({'up to date' if revision == head else f'newest is {head}'})"

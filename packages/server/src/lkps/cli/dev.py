@@ -8,8 +8,11 @@ every non-dev configuration refuses (`Settings.check_servable`).
 
 from __future__ import annotations
 
+import signal
+import time
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
@@ -30,6 +33,8 @@ DEV_AGENT_ID = "00000000-0000-4000-8000-0000000a9e47"
 # secret (client credentials), so agents built on lkps-agent run against `lkps dev` as they
 # would against Entra. Public on purpose: only a dev instance accepts what it yields.
 DEV_APP_SECRET = "lkps-dev-secret"
+DEV_HOST, DEV_PORT = "127.0.0.1", 8080
+DEV_URL = f"http://{DEV_HOST}:{DEV_PORT}"  # lkps-client's "dev" environment
 DEV_LIVEKIT_URL = "ws://127.0.0.1:7880"  # `livekit-server --dev`
 DEV_LIVEKIT_KEY, DEV_LIVEKIT_SECRET = "devkey", "secret"  # `livekit-server --dev`'s pair
 # Browser origins a dev instance allows unless LKPS_CORS_ALLOW_ORIGINS says otherwise,
@@ -96,8 +101,8 @@ def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Se
 @app.callback(invoke_without_command=True)
 def dev(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", help="Bind address"),
-    port: int = typer.Option(8080, help="Port"),
+    host: str = typer.Option(DEV_HOST, help="Bind address"),
+    port: int = typer.Option(DEV_PORT, help="Port"),
     state_dir: Path = STATE_DIR_OPTION,
 ) -> None:
     """Start LKPS with SQLite and the development identity provider."""
@@ -125,7 +130,8 @@ def dev(
         jwks_transport=httpx.ASGITransport(app=idp_app),
         mounts={DEV_JWKS_PATH: idp.asgi_app()},
     )
-    typer.echo(_banner(settings, state_dir))
+    # Flushed: read from a file or pipe (`lkps dev > dev.log`) before the first request.
+    print(_banner(settings, state_dir), flush=True)
     uvicorn.run(
         application, host=host, port=port, log_config=None, access_log=False, server_header=False
     )
@@ -170,6 +176,73 @@ def token(
     typer.echo(jwt)
 
 
+@app.command("register")
+def register(
+    agent: str = typer.Option(DEV_AGENT_ID, help="The agent's app id"),
+    url: str = typer.Option(DEV_URL, "--url", help="The dev instance"),
+    state_dir: Path = STATE_DIR_OPTION,
+) -> None:
+    """Register an agent as the agent SDK would, and keep it registered (heartbeats at
+    the interval LKPS asks for) until Ctrl-C or SIGTERM, which deregister the agent.
+
+    For trying session starts by hand without running an agent: a registration made
+    with curl lapses after the presence TTL (90 s) without heartbeats."""
+    import httpx
+
+    if not load_settings().is_dev:
+        fail("`lkps dev register` only runs with LKPS_ENV=dev")
+    idp = identity_provider(state_dir)
+
+    def post(path: str, body: dict[str, str]) -> httpx.Response:
+        # A fresh app-only token for each call: the registration may outlive one.
+        token = idp.app_token(audience=DEV_AUDIENCE, client_app_id=agent)
+        return httpx.post(
+            f"{url.rstrip('/')}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+
+    try:
+        registered = post("/api/agent/register", {})
+    except httpx.TransportError as exc:
+        fail(f"cannot reach LKPS at {url} (is `lkps dev` running there?): {exc}", code=1)
+    if registered.status_code != 200:
+        fail(f"register: HTTP {registered.status_code} {registered.text}", code=1)
+    answer = registered.json()
+    registration = {"registration_id": answer["registration_id"]}
+    interval = answer["heartbeat_interval_seconds"]
+    typer.echo(
+        f"registered agent {answer['agent_name']} (registration {answer['registration_id']}); "
+        f"a heartbeat every {interval} s keeps it present "
+        f"(it lapses {answer['presence_ttl_seconds']} s after the last). Ctrl-C deregisters."
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill %1` stops it as Ctrl-C does
+    try:
+        while True:
+            time.sleep(interval)
+            try:
+                status = post("/api/agent/heartbeat", registration).status_code
+            except httpx.TransportError as exc:
+                typer.echo(f"heartbeat: cannot reach LKPS ({exc}); trying again", err=True)
+                continue
+            if status == 404:
+                fail("the registration is gone (deregistered, or it lapsed): stopped", code=1)
+            if status != 200:
+                typer.echo(f"heartbeat: HTTP {status}; trying again", err=True)
+    except KeyboardInterrupt:
+        # Every registration of the agent, a curl-made one too: it has gone away.
+        try:
+            post("/api/agent/deregister", {})
+        except httpx.TransportError as exc:
+            fail(f"deregister: cannot reach LKPS ({exc}); the registration lapses by itself", 1)
+        typer.echo(f"deregistered agent {answer['agent_name']}")
+
+
+def _interrupt(_signal: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command("decode")
 def decode(token: str = typer.Argument(..., help="A LiveKit token from this dev instance")) -> None:
     """Check a LiveKit token with the dev API secret and print its claims."""
@@ -193,8 +266,16 @@ def decode(token: str = typer.Argument(..., help="A LiveKit token from this dev 
     typer.echo(json.dumps(claims, indent=2, ensure_ascii=False))
 
 
+# How the README and the banner spell a command: what works after `pip install uv` alone.
+RUN = "python3 -m uv run"
+
+
 def _banner(settings: Settings, state_dir: Path) -> str:
+    """What `lkps dev` prints: where it serves, and commands that work as printed
+    against this instance (its port, its state folder) from the folder it runs in."""
     base = f"http://{settings.host}:{settings.port}"
+    state = "" if state_dir == STATE_DIR_OPTION.default else f" --state-dir {state_dir}"
+    agent_env = "LKPS_ENVIRONMENT=dev" + ("" if base == DEV_URL else f" LKPS_URL={base}")
     return f"""
 LKPS dev instance (LKPS_ENV=dev; development identity provider)
   API            {base}/api        docs: {base}/api/docs
@@ -206,12 +287,15 @@ LKPS dev instance (LKPS_ENV=dev; development identity provider)
   allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
   token endpoint {base}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/oauth2/v2.0/token
                  (client credentials for either app id above, secret "{DEV_APP_SECRET}")
-  agent SDK      LKPS_ENVIRONMENT=dev python examples/agent/agent.py dev
+  example agent  {agent_env} {RUN} python examples/agent/agent.py start
 
 Try it (another terminal, same folder):
-  AGENT_TOKEN=$(uv run lkps dev token --agent {DEV_AGENT_ID})
+  AGENT_TOKEN=$({RUN} lkps dev token --agent {DEV_AGENT_ID}{state})
   curl -s -X POST {base}/api/agent/register -H "Authorization: Bearer $AGENT_TOKEN"
-  USER_TOKEN=$(uv run lkps dev token --user alice)
+  USER_TOKEN=$({RUN} lkps dev token --user alice{state})
   curl -s -X POST {base}/api/session/start -H "Authorization: Bearer $USER_TOKEN" \\
        -H 'Content-Type: application/json' -d '{{"agent_entra_app_id": "{DEV_AGENT_ID}"}}'
+A registration lapses {settings.presence_ttl} s after the last register or heartbeat; to keep
+the agent present without running one (heartbeats until Ctrl-C):
+  {RUN} lkps dev register --agent {DEV_AGENT_ID} --url {base}{state}
 """

@@ -8,16 +8,7 @@ from typing import Any
 import typer
 
 from lkps.cli.common import fail
-from lkps.cli.remote import (
-    ENV_OPTION,
-    JSON_OPTION,
-    SCOPE_OPTION,
-    TOKEN_OPTION,
-    URL_OPTION,
-    call,
-    connect,
-    to_json,
-)
+from lkps.cli.remote import JSON_OPTION, Remote, call, remote_command, to_json
 
 app = typer.Typer(help="Sessions with agents.", no_args_is_help=True)
 
@@ -41,6 +32,7 @@ def parse_metadata(pairs: list[str], document: str | None) -> dict[str, Any] | N
 
 
 @app.command("start")
+@remote_command
 def start(
     agent: str = typer.Option(..., "--agent", help="The agent's Entra app id"),
     metadata: list[str] = typer.Option(
@@ -50,14 +42,12 @@ def start(
         None, "--metadata-json", help="Metadata as a JSON object"
     ),
     as_json: bool = JSON_OPTION,
-    url: str | None = URL_OPTION,
-    token: str | None = TOKEN_OPTION,
-    scope: str | None = SCOPE_OPTION,
-    env: str | None = ENV_OPTION,
+    *,
+    remote: Remote,
 ) -> None:
     """Start a session and print the room, the LiveKit URL and the participant token."""
     wanted = parse_metadata(metadata, metadata_json)
-    with connect(url, token, scope, env) as client:
+    with remote.connect() as client:
         session = call(lambda: client.start_session(agent, wanted))
     if as_json:
         typer.echo(to_json(session))
