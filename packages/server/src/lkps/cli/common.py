@@ -39,3 +39,18 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         fail(str(exc))
     except LKPSError as exc:
         fail(exc.reason, code=3)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What `lkps serve` and `lkps dev` both tell uvicorn: where to listen, no access log
+    or Server header, and LKPS's HTTP protocol with its limits on request heads."""
+    from lkps.http.protocols import uvicorn_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": uvicorn_protocol(settings),
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+    }

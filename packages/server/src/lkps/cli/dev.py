@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lkps.cli.common import fail, load_settings
+from lkps.cli.common import fail, load_settings, uvicorn_options
 from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, Settings
 from lkps.logs import configure_logging
 
@@ -117,9 +117,7 @@ def dev(
         mounts={DEV_JWKS_PATH: idp.asgi_app()},
     )
     typer.echo(_banner(settings, state_dir))
-    uvicorn.run(
-        application, host=host, port=port, log_config=None, access_log=False, server_header=False
-    )
+    uvicorn.run(application, **uvicorn_options(settings))
 
 
 @app.command("token")
