@@ -165,6 +165,12 @@ def test_a_100_mb_header_is_refused_after_about_the_limit(lkps_port: int) -> Non
     assert answer.sent < 10 * MB, answer.sent
 
 
+def test_a_1_mb_request_target_is_refused(lkps_port: int) -> None:
+    # The request line counts toward the total; httptools would otherwise grow it whole.
+    answer = exchange(lkps_port, request(target="/api/health?" + "a" * MB))
+    assert_refused(answer, f"larger than {TOTAL} bytes")
+
+
 def test_one_header_line_over_the_limit_is_refused(lkps_port: int) -> None:
     over = "a" * (LINE - len("X-Long: ") + 1)
     assert_refused(exchange(lkps_port, request(("X-Long", over))), f"longer than {LINE} bytes")
