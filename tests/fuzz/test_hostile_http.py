@@ -137,8 +137,9 @@ def auditor_token(served: Served) -> str:
     )
 
 
-# Oversized headers. uvicorn with httptools (what `lkps serve` runs, and ServerThread) sets
-# no limit on header size or count, so LKPS itself answers: a 401 like any bad token.
+# Oversized headers. ServerThread runs plain uvicorn with httptools, which sets no limit on
+# header size or count, so LKPS itself answers: a 401 like any bad token. (`lkps serve` and
+# `lkps dev` refuse such heads with 431 first: tests/cli/test_header_limits.py.)
 
 
 def test_oversized_authorization_headers_are_refused_as_bad_tokens(served: Served) -> None:

@@ -24,6 +24,7 @@ from lkps.origins import AllowedOrigins, parse_origins
 
 Environment = Literal["dev", "np", "prod"]
 AuthzSource = Literal["graph", "file"]
+HttpImplementation = Literal["httptools", "h11"]
 
 # The development identity provider's tenant. Its tokens are accepted only by an
 # instance running with LKPS_ENV=dev; every other instance refuses to start with it.
@@ -121,6 +122,13 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65_535)
     workers: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=65_536, ge=1024)
+    # The request head (request line and headers), bounded while it is read: past a
+    # limit the connection gets 431 and is closed (lkps.http).
+    max_header_line_bytes: int = Field(default=16_384, ge=1024)
+    max_header_total_bytes: int = Field(default=65_536, ge=4096)
+    max_header_count: int = Field(default=100, ge=10)
+    # uvicorn's HTTP/1.1 parser (uvicorn[standard], which LKPS requires, brings httptools).
+    http_implementation: HttpImplementation = "httptools"
     # Gateways whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs
     # or CIDRs; "*" trusts anyone, which only a private network may do). The audit's
     # client_ip is the first address not in this list.

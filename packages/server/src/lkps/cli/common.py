@@ -91,3 +91,18 @@ def _sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return None
     return Path(database.removeprefix("file:").partition("?")[0])
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What `lkps serve` and `lkps dev` both tell uvicorn: where to listen, no access log
+    or Server header, and LKPS's HTTP protocol with its limits on request heads."""
+    from lkps.http.protocols import uvicorn_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": uvicorn_protocol(settings),
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+    }

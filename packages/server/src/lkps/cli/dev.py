@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lkps.cli.common import fail, load_settings
+from lkps.cli.common import fail, load_settings, uvicorn_options
 from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, ConfigurationError, Settings
 from lkps.logs import configure_logging
 from lkps.origins import origin_of
@@ -132,9 +132,7 @@ def dev(
     )
     # Flushed: read from a file or pipe (`lkps dev > dev.log`) before the first request.
     print(_banner(settings, state_dir), flush=True)
-    uvicorn.run(
-        application, host=host, port=port, log_config=None, access_log=False, server_header=False
-    )
+    uvicorn.run(application, **uvicorn_options(settings))
 
 
 @app.command("token")

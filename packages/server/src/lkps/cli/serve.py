@@ -10,7 +10,7 @@ from types import FrameType
 
 import typer
 
-from lkps.cli.common import fail, load_settings
+from lkps.cli.common import fail, load_settings, uvicorn_options
 from lkps.cli.metrics_server import prepare_worker_metrics, start_metrics_server
 from lkps.config import ConfigurationError
 from lkps.logs import configure_logging
@@ -48,15 +48,11 @@ def serve(
     uvicorn.run(
         "lkps.asgi:app_from_environment",
         factory=True,
-        host=settings.host,
-        port=settings.port,
         workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
         timeout_graceful_shutdown=30,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        **uvicorn_options(settings),
     )
 
 
