@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from datetime import datetime
@@ -20,8 +19,16 @@ from pydantic import (
     model_validator,
 )
 
+from lkps.api.body import JsonText
 from lkps.authorization.overrides import MAX_ADDITIONAL_CLIENTS
-from lkps.sessions.metadata import MAX_KEYS, check_metadata
+from lkps.sessions.metadata import (
+    MAX_KEYS,
+    ClientMetadata,
+    NotJsonObject,
+    check_metadata,
+    client_metadata,
+    parse_client_metadata,
+)
 
 # A JSON object within the metadata limits (50 keys, 10,240 bytes, 32 levels). The
 # document states the key limit; the size and depth limits have no JSON Schema keyword.
@@ -29,6 +36,35 @@ Metadata = Annotated[
     dict[str, Any],
     AfterValidator(check_metadata),
     Field(json_schema_extra={"maxProperties": MAX_KEYS}),
+]
+
+
+def _session_metadata(value: Any, info: ValidationInfo) -> ClientMetadata | None:
+    """The metadata as its text: `read_json_body(..., json_text=["metadata"])` gives it.
+    Anything else (a value without its text) is refused rather than re-encoded."""
+    field = info.field_name or "metadata"
+    if isinstance(value, JsonText):
+        return (
+            None if value.value is None else client_metadata(value.value, value.text, field=field)
+        )
+    if value is None:
+        return None
+    raise ValueError(f'"{field}" must be a JSON object')
+
+
+# What the agent receives as its dispatch metadata: the client's JSON object as sent,
+# compacted (`lkps.sessions.metadata`). The document shows the object it must be.
+SessionMetadata = Annotated[
+    ClientMetadata | None,
+    BeforeValidator(_session_metadata),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "object", "additionalProperties": True, "maxProperties": MAX_KEYS},
+                {"type": "null"},
+            ]
+        }
+    ),
 ]
 
 
@@ -52,9 +88,12 @@ class SessionStartRequest(BaseModel):
     agent_entra_app_id: uuid.UUID = Field(
         description="The target agent's Entra application (client) id"
     )
-    metadata: Metadata | None = Field(
+    metadata: SessionMetadata = Field(
         default=None,
-        description="Forwarded to the agent as its dispatch metadata (at most 50 keys, 10 KB)",
+        description=(
+            "Forwarded to the agent as its dispatch metadata, as sent but for the whitespace "
+            "between tokens (at most 50 keys, 10 KB; a key twice in one object is refused)"
+        ),
     )
 
 
@@ -214,9 +253,10 @@ def _agent_app_id(value: Any) -> Any:
     return value
 
 
-def _metadata_object(value: Any) -> dict[str, Any] | None:
+def _metadata_object(value: Any) -> ClientMetadata | None:
     """LiveKit carries dispatch metadata as a string; LKPS takes the JSON object
-    `/api/session/start` takes, in that string (empty: none), within the same limits."""
+    `/api/session/start` takes, in that string (empty: none), within the same limits,
+    and forwards it as `/api/session/start` does: the string, compacted."""
     if value is None or value == "":
         return None
     field = f"{_DISPATCH}.metadata"
@@ -224,17 +264,9 @@ def _metadata_object(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, str):
         raise ValueError(refusal)
     try:
-        metadata = json.loads(value, parse_constant=_not_json)
-    except (ValueError, RecursionError):  # RecursionError: nested beyond the parser
+        return parse_client_metadata(value, field=field)
+    except NotJsonObject:
         raise ValueError(refusal) from None
-    if not isinstance(metadata, dict):
-        raise ValueError(refusal)
-    return check_metadata(metadata, field=field)
-
-
-def _not_json(name: str) -> Any:
-    """NaN and Infinity, which Python's parser would take."""
-    raise ValueError(f"{name} is not JSON")
 
 
 ChosenByLkps = Annotated[
@@ -287,7 +319,7 @@ class AgentDispatchRequest(_DeclaredKeysOnly):
     # string holds a JSON object of at most 50 keys is an annotation (`contentSchema`):
     # JSON Schema cannot require it of a string, nor the size and depth limits.
     metadata: Annotated[
-        dict[str, Any] | None,
+        ClientMetadata | None,
         BeforeValidator(_metadata_object),
         WithJsonSchema(
             {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -29,7 +28,7 @@ from lkps.audit import AuditEvent, RequestContext
 from lkps.limits.limiter import Limit
 from lkps.services import Services
 from lkps.sessions import StartedSession
-from lkps.sessions.metadata import dispatch_metadata
+from lkps.sessions.metadata import ClientMetadata, dispatch_metadata
 
 router = APIRouter(prefix="/api/session", tags=["sessions"])
 
@@ -39,7 +38,7 @@ SESSION_FAILED = "Session creation failed"
 @dataclass(frozen=True, slots=True)
 class WantedSession:
     agent_id: uuid.UUID
-    metadata: dict[str, Any] | None
+    metadata: ClientMetadata | None
 
 
 RequestReader = Callable[[Request, Services], Awaitable[WantedSession]]
@@ -81,7 +80,10 @@ async def start_audited(
 
 async def read_session_start(request: Request, services: Services) -> WantedSession:
     body = await read_json_body(
-        request, SessionStartRequest, max_bytes=services.settings.max_body_bytes
+        request,
+        SessionStartRequest,
+        max_bytes=services.settings.max_body_bytes,
+        json_text=["metadata"],
     )
     return WantedSession(body.agent_entra_app_id, body.metadata)
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from lkps.agents import AgentRegistry, agent_not_connected
 from lkps.authorization import ClientAuthorizer
 from lkps.clock import Clock
 from lkps.identity import Caller
 from lkps.livekit import IssuedToken, TokenMinter, dispatch_room_config
-from lkps.sessions.metadata import dispatch_metadata
+from lkps.sessions.metadata import ClientMetadata, dispatch_metadata
 from lkps.sessions.room_names import new_room_name
 
 
@@ -47,7 +46,7 @@ class SessionService:
         self._ttl = timedelta(seconds=participant_token_ttl)
 
     async def start(
-        self, caller: Caller, agent_id: uuid.UUID, metadata: dict[str, Any] | None
+        self, caller: Caller, agent_id: uuid.UUID, metadata: ClientMetadata | None
     ) -> StartedSession:
         """Raises `NotFound` (agent absent), `Forbidden` (client not allowed) or
         `ServiceUnavailable` (store or authorization source down)."""
