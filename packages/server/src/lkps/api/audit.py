@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
@@ -16,7 +15,7 @@ from starlette.requests import Request
 
 from lkps.api.deps import BearerDoc, ServicesDep, authenticate, require_role
 from lkps.api.openapi import error_responses
-from lkps.api.schemas import AuditPage, ChainReport
+from lkps.api.schemas import AgentId, AuditPage, ChainReport
 from lkps.audit import AuditEvent, Outcome
 from lkps.errors import BadRequest
 from lkps.store.audit import AuditFilter
@@ -76,7 +75,7 @@ async def query_audit(
     services: ServicesDep,
     event: Annotated[AuditEvent | None, Query(description="Event type")] = None,
     outcome: Annotated[Outcome | None, Query()] = None,
-    agent_id: Annotated[uuid.UUID | None, Query()] = None,
+    agent_id: Annotated[AgentId | None, Query()] = None,
     client_app_id: Annotated[str | None, Query(max_length=64)] = None,
     cwid: Annotated[str | None, Query(max_length=256)] = None,
     since: Annotated[

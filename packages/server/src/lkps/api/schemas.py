@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, ClassVar
@@ -18,9 +17,11 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from lkps.api.body import JsonText
 from lkps.authorization.overrides import MAX_ADDITIONAL_CLIENTS
+from lkps.ids import UUID_PATTERN, canonical_uuid
 from lkps.sessions.metadata import (
     MAX_KEYS,
     ClientMetadata,
@@ -68,6 +69,23 @@ SessionMetadata = Annotated[
 ]
 
 
+def _canonical_uuid(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):  # given by Python code, not read from a request
+        return value
+    if canonical_uuid(value) is None:
+        raise PydanticCustomError("uuid_parsing", "Input should be a UUID")
+    return value
+
+
+# Every id LKPS reads (agent, registration): the canonical hyphenated UUID, either case
+# (`lkps.ids`), refused otherwise as `"<field>" must be a UUID`; `str()` gives it in lower
+# case. A type of its own so that bodies, paths and queries agree, and say so in the
+# document (`format: uuid` and the pattern).
+_UUID_SCHEMA = WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})
+CanonicalUuid = Annotated[uuid.UUID, BeforeValidator(_canonical_uuid), _UUID_SCHEMA]
+AgentId = CanonicalUuid
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="Machine-readable error code")
     message: str = Field(description="What went wrong, for people")
@@ -85,7 +103,7 @@ class ReadinessResponse(BaseModel):
 
 
 class SessionStartRequest(BaseModel):
-    agent_entra_app_id: uuid.UUID = Field(
+    agent_entra_app_id: AgentId = Field(
         description="The target agent's Entra application (client) id"
     )
     metadata: SessionMetadata = Field(
@@ -113,7 +131,7 @@ class AgentRegisterRequest(BaseModel):
     )
     version: str | None = Field(default=None, max_length=128)
     metadata: Metadata | None = None
-    registration_id: uuid.UUID | None = Field(
+    registration_id: CanonicalUuid | None = Field(
         default=None, description="Renew this live registration instead of creating one"
     )
     worker_connected: StrictBool | None = Field(
@@ -137,7 +155,7 @@ class AgentRegisterResponse(BaseModel):
 
 
 class RegistrationRef(BaseModel):
-    registration_id: uuid.UUID | None = None
+    registration_id: CanonicalUuid | None = None
 
 
 class HeartbeatRequest(RegistrationRef):
@@ -168,7 +186,7 @@ class OverrideBody(BaseModel):
             f"at most {MAX_ADDITIONAL_CLIENTS}"
         ),
         json_schema_extra={
-            "items": {"type": "string", "format": "uuid"},
+            "items": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
             "maxItems": MAX_ADDITIONAL_CLIENTS,
         },
     )
@@ -224,9 +242,6 @@ class ChainReport(BaseModel):
 
 _AGENTS = "room_config.agents"
 _DISPATCH = f"{_AGENTS}[0]"
-# The text form `format: uuid` means (RFC 9562): what `agent_name` must be, exactly.
-# `uuid.UUID` alone would also take braces, a `urn:uuid:` prefix or no hyphens.
-_UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 def _left_to_lkps(value: str | None, info: ValidationInfo) -> str | None:
@@ -248,7 +263,7 @@ def _exactly_one_agent(value: Any) -> Any:
 
 
 def _agent_app_id(value: Any) -> Any:
-    if not isinstance(value, str) or re.fullmatch(_UUID_PATTERN, value) is None:
+    if canonical_uuid(value) is None:
         raise ValueError(f'"{_DISPATCH}.agent_name" must be the agent\'s app id (a UUID)')
     return value
 
@@ -307,13 +322,12 @@ class AgentDispatchRequest(_DeclaredKeysOnly):
     PATH = _DISPATCH
     UNDECLARED = 'cannot be requested (a dispatch takes "agent_name" and "metadata")'
 
+    # `AgentId`'s rule and schema, with a message naming the dispatch as LiveKit writes it.
     agent_name: Annotated[
         uuid.UUID,
         BeforeValidator(_agent_app_id),
-        Field(
-            description="The agent's Entra application (client) id",
-            json_schema_extra={"pattern": _UUID_PATTERN},
-        ),
+        _UUID_SCHEMA,
+        Field(description="The agent's Entra application (client) id"),
     ]
     # Read as the object it holds; the document shows the string LiveKit sends. That the
     # string holds a JSON object of at most 50 keys is an annotation (`contentSchema`):
