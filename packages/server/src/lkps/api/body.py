@@ -187,5 +187,8 @@ def describe_validation_error(error: ErrorDetails) -> str:
     if kind == "string_too_long":
         return f'"{field}" must be at most {error.get("ctx", {}).get("max_length")} characters'
     if kind == "value_error":
-        return str(error.get("ctx", {}).get("error", error["msg"]))
+        cause = error.get("ctx", {}).get("error", error["msg"])
+        if isinstance(cause, UnicodeError):  # a codec's words, not the API's
+            return f'"{field}" must be valid Unicode text'
+        return str(cause)
     return f'"{field}" is invalid: {error["msg"]}'
