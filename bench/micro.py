@@ -55,7 +55,7 @@ from lkps.audit import AuditEntry, AuditEvent, AuditLog, Outcome
 from lkps.audit.chain import canonical_json, record_hash
 from lkps.clock import SystemClock
 from lkps.livekit import TokenMinter, dispatch_room_config
-from lkps.sessions.metadata import dispatch_metadata
+from lkps.sessions.metadata import ClientMetadata, dispatch_metadata
 from lkps.sessions.room_names import new_room_name
 from lkps.store import Database, registrations
 from lkps.store.engine import create_engine
@@ -152,7 +152,7 @@ def pure_python() -> dict[str, float]:
             name="Bench User",
             room=new_room_name("bench_user0001", agent, clock.now()),
             room_config=dispatch_room_config(
-                agent, dispatch_metadata(metadata), max_participants=2
+                agent, dispatch_metadata(ClientMetadata(json.dumps(metadata))), max_participants=2
             ),
             ttl=timedelta(seconds=900),
         )

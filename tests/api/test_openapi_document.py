@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from lkps.ids import UUID_PATTERN
 from tests.conftest import AGENT, Lkps
 
 pytestmark = [pytest.mark.api, pytest.mark.backends("sqlite")]
@@ -119,7 +120,7 @@ async def test_uuids_and_limits_are_in_the_request_schemas(lkps: Lkps) -> None:
     clients = body_schema(spec, "put", "/api/agents/{agent_id}/authorization")["properties"][
         "additional_clients"
     ]
-    assert clients["items"] == {"type": "string", "format": "uuid"}
+    assert clients["items"] == {"type": "string", "format": "uuid", "pattern": UUID_PATTERN}
     assert clients["maxItems"] == 500
 
     for method in ("get", "put", "delete"):

@@ -165,3 +165,39 @@ def test_db_upgrade_and_current(empty_database: TestDatabase, tmp_path: Path) ->
     assert upgraded.returncode == 0, upgraded.stderr
     current = run_lkps("db", "current", env=env, cwd=tmp_path)
     assert current.returncode == 0 and "up to date" in current.stdout
+
+
+def test_serve_records_a_forwarded_client_address_as_an_ip_or_marked(
+    tmp_path: Path, entra: EntraDouble, entra_server: ServerThread
+) -> None:
+    """Behind a trusted gateway (127.0.0.1, LKPS_FORWARDED_ALLOW_IPS' default) uvicorn
+    takes the client address from X-Forwarded-For as written (issue 13): what is not an IP
+    address reaches the audit marked and at most 64 characters long."""
+    port = free_port()
+    env = servable_environment(
+        tmp_path, entra, entra_server, LKPS_PORT=str(port), LKPS_METRICS_PORT=str(free_port())
+    )
+    base = f"http://127.0.0.1:{port}"
+    forwarded = {
+        "not-an-ip": "invalid:not-an-ip",
+        'x"}{': "invalid:x___",
+        "a" * 3000: "invalid:" + "a" * 56,
+        "2001:DB8:0:0:0:0:0:1": "2001:db8::1",
+        # A list: uvicorn takes the last address its trusted gateways did not add.
+        "198.51.100.7, 203.0.113.9": "203.0.113.9",
+        "a, b": "invalid:b",
+    }
+    expected: dict[str, str] = {}
+    with lkps_process("serve", env=env, cwd=tmp_path, health_url=f"{base}/api/health/ready"):
+        user = entra.user_token(audience=API_AUDIENCE, client_app_id=CLIENT_A)
+        for header, recorded in forwarded.items():
+            response = httpx.post(
+                f"{base}/api/session/start",
+                headers={"Authorization": f"Bearer {user}", "X-Forwarded-For": header},
+                json={"agent_entra_app_id": AGENT},
+            )
+            assert response.status_code == 404, response.text  # no agent: audited, denied
+            expected[response.headers["x-request-id"]] = recorded
+    found = run_lkps("audit", "search", "--event", "session.start", env=env, cwd=tmp_path)
+    records = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
+    assert {record["request_id"]: record["client_ip"] for record in records} == expected

@@ -318,7 +318,16 @@ async def test_lone_surrogate_escapes(lkps: Lkps, subtests: pytest.Subtests) -> 
     for name, (path, body) in LONE_SURROGATES.items():
         with subtests.test(name):
             response = await send_json(lkps, path, body)
-            assert_contract_error(response, 400, "bad_request")
+            message = assert_contract_error(response, 400, "bad_request")
+            assert_api_words(message)
+
+
+# What Python says of its own failures, which no message may repeat.
+PYTHON_INTERNALS = ("codec", "can't encode", "surrogates not allowed", "sys.", "Traceback")
+
+
+def assert_api_words(message: str) -> None:
+    assert not any(internal in message for internal in PYTHON_INTERNALS), message
 
 
 # Numbers: out of range, too long, signed zero, and the non-JSON constants.
@@ -362,7 +371,10 @@ async def test_integer_of_5000_digits(lkps: Lkps, subtests: pytest.Subtests) -> 
         with subtests.test(name):
             response = await post_raw(lkps, "/api/session/start", body.encode())
             message = assert_contract_error(response, 400, "bad_request")
-            assert message.startswith("The request body is not valid JSON")
+            assert (
+                message == "The request body is not valid JSON: a number has more than 4300 digits"
+            )
+            assert_api_words(message)
 
 
 async def test_hostile_numbers_as_the_audit_page_size(
@@ -421,31 +433,28 @@ async def test_negative_zero_in_metadata_reaches_the_agent_as_sent(
     assert response.status_code == 200, response.text
     config = livekit_verifier.verify(response.json()["participant_token"]).room_config
     assert config is not None
-    assert config.agents[0].metadata == '{"i":0,"f":-0.0}'
+    assert config.agents[0].metadata == '{"i":-0,"f":-0.0}'
 
 
-# Duplicate keys: Python's parser keeps the last one. Not an error today, but a gateway
-# or WAF that keeps the first would check a different request than LKPS serves.
+# Duplicate keys: Python's parser keeps the last one, a gateway or WAF may keep the first
+# and check a different request than LKPS serves. A key twice in one object is a 400.
 
 
-async def test_duplicate_keys_the_last_one_counts(lkps: Lkps) -> None:
+async def test_a_body_key_given_twice_is_refused_whichever_value_is_valid(lkps: Lkps) -> None:
     await lkps.register(AGENT_2, enforce_client_authz=False)
-    valid_then_invalid = f'{{"agent_entra_app_id": "{AGENT_2}", "agent_entra_app_id": "x"}}'
-    response = await post_raw(lkps, "/api/session/start", valid_then_invalid.encode())
-    assert assert_contract_error(response, 400, "bad_request") == (
-        '"agent_entra_app_id" must be a UUID'
-    )
-    invalid_then_valid = f'{{"agent_entra_app_id": "x", "agent_entra_app_id": "{AGENT_2}"}}'
-    response = await post_raw(lkps, "/api/session/start", invalid_then_valid.encode())
-    assert response.status_code == 200, response.text
-    assert AGENT_2 in response.json()["room_name"]
+    for first, second in ((AGENT_2, "x"), ("x", AGENT_2)):
+        body = f'{{"agent_entra_app_id": "{first}", "agent_entra_app_id": "{second}"}}'
+        response = await post_raw(lkps, "/api/session/start", body.encode())
+        assert assert_contract_error(response, 400, "bad_request") == (
+            'The request body has the key "agent_entra_app_id" more than once'
+        )
 
 
 async def test_duplicate_keys_cannot_smuggle_a_second_enforcement_value(lkps: Lkps) -> None:
     body = b'{"enforce_client_authz": true, "enforce_client_authz": "maybe"}'
     response = await post_raw(lkps, "/api/agent/register", body, token=lkps.app_token())
     assert assert_contract_error(response, 400, "bad_request") == (
-        '"enforce_client_authz" must be true or false'
+        'The request body has the key "enforce_client_authz" more than once'
     )
 
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, AuditRecord, AuditUnavailable, Outcome
-from lkps.store import Database
+from lkps.store import Database, StoreUnavailable
 from lkps.store import audit as queries
 from tests.backends import StoreSql, TestDatabase
 from tests.unit.store.postgres_restart import terminate_backends
@@ -140,16 +140,21 @@ async def test_a_batch_stores_exactly_what_was_hashed(db: Database) -> None:
 async def test_an_over_long_value_is_refused_not_cut_short(
     db: Database, store_sql: StoreSql
 ) -> None:
-    """PostgreSQL would silently cut a value cast to varchar(n); the column refuses it."""
+    """PostgreSQL would silently cut a value cast to varchar(n); the column refuses it.
+    (`AuditLog.append` bounds every value before it is queued, marking the cut, so this
+    is the store's own guard beneath that: a value must never be stored other than
+    hashed.)"""
     audit = AuditLog(db)
+    with pytest.raises(StoreUnavailable) as refused:
+        await audit._write([entry(room_name="r" * 513)])
+    assert refused.value.refused_the_data
+    assert await store_sql.scalar("SELECT count(*) FROM audit_records") == 0
     await audit.start()
     try:
-        with pytest.raises(AuditUnavailable):
-            await audit.append(entry(room_name="r" * 513))
-        await audit.append(entry())
+        record = await audit.append(entry(room_name="r" * 513))
     finally:
         await audit.stop()
-    assert await store_sql.scalar("SELECT count(*) FROM audit_records") == 1
+    assert record.room_name == "r" * 511 + "…"
     assert (await audit.verify()).ok
 
 

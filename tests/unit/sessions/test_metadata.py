@@ -1,19 +1,66 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from lkps.sessions.metadata import MAX_BYTES, MAX_DEPTH, check_metadata, dispatch_metadata
+from lkps.sessions.metadata import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    check_metadata,
+    compact_json_text,
+    dispatch_metadata,
+    parse_client_metadata,
+)
 from lkps.sessions.room_names import new_room_name
 
 pytestmark = pytest.mark.unit
 
 
-def test_dispatch_metadata_is_compact_utf8_json_in_the_clients_order() -> None:
-    metadata = {"z": 1, "a": {"ü": "ß"}, "m": [1.5, None, True]}
-    assert dispatch_metadata(metadata) == '{"z":1,"a":{"ü":"ß"},"m":[1.5,null,true]}'
+def test_dispatch_metadata_is_the_clients_text_compacted() -> None:
+    text = '{ "z" : 1.0 ,\n\t"a": {"ü": "ß  \\" x"},\r\n "m": [1e2, null, true, "\\u00e9"] }'
+    metadata = parse_client_metadata(text, field="metadata")
+    assert (
+        dispatch_metadata(metadata)
+        == '{"z":1.0,"a":{"ü":"ß  \\" x"},"m":[1e2,null,true,"\\u00e9"]}'
+    )
     assert dispatch_metadata(None) == ""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        '{"a":"  spaced \\"  \\\\"}',
+        '{"a":"\\\\", "b" : [ ] , "c":{ }}',
+        '{"k": "\\" \\\\ \\n "}',
+        ' {"a": [1, 2 , {"b": "c d"}]} ',
+    ],
+)
+def test_compaction_equals_reencoding_where_no_escape_was_chosen(text: str) -> None:
+    # Where the client's text has no escapes to keep, compaction and re-encoding agree.
+    value = json.loads(text)
+    assert compact_json_text(text) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a": 1, "a": 2}', '{"x": {"b": 1, "b": 1}}', '{"x": [{"c": 1}, {"c": 1, "c": 1}]}'],
+)
+def test_a_key_twice_in_one_object_is_refused_at_any_depth(text: str) -> None:
+    with pytest.raises(ValueError, match="more than once"):
+        parse_client_metadata(text, field="metadata")
+
+
+def test_a_lone_surrogate_is_refused_in_the_apis_words() -> None:
+    expected = '"metadata" must be valid Unicode text (a lone surrogate in metadata.a[1])'
+    with pytest.raises(ValueError, match=re.escape(expected) + "$"):
+        parse_client_metadata('{"a": ["ok", "\\ud800"]}', field="metadata")
+    # A pair is one character, not a lone half.
+    assert (
+        parse_client_metadata('{"a": "\\ud83d\\ude00"}', field="m").text == '{"a":"\\ud83d\\ude00"}'
+    )
 
 
 @pytest.mark.parametrize("keys", [0, 1, 50])

@@ -6,8 +6,6 @@ Reading the agent list takes `LKPS.Admin` or `LKPS.Auditor`; changing an overrid
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +13,7 @@ from starlette.responses import Response
 from lkps.agents import AgentOverview
 from lkps.api.deps import BearerDoc, BodiesDep, RequestContextDep, ServicesDep, authenticate
 from lkps.api.openapi import error_responses, json_body
-from lkps.api.schemas import AgentInfo, AgentList, OverrideBody, OverrideResponse
+from lkps.api.schemas import AgentId, AgentInfo, AgentList, OverrideBody, OverrideResponse
 from lkps.audit import AuditEvent
 from lkps.authorization.override import AuthorizationOverride
 
@@ -69,7 +67,7 @@ async def list_agents(request: Request, services: ServicesDep) -> AgentList:
     responses=error_responses(400, 401, 403, 404, 503),
 )
 async def get_override(
-    agent_id: uuid.UUID, request: Request, services: ServicesDep
+    agent_id: AgentId, request: Request, services: ServicesDep
 ) -> OverrideResponse:
     """The operator override of an agent's client authorization; 404 when there is none."""
     caller = await authenticate(request, services)
@@ -85,7 +83,7 @@ async def get_override(
     responses=error_responses(400, 401, 403, 413, 415, 500, 503),
 )
 async def set_override(
-    agent_id: uuid.UUID,
+    agent_id: AgentId,
     request: Request,
     services: ServicesDep,
     bodies: BodiesDep,
@@ -113,7 +111,7 @@ async def set_override(
     responses=error_responses(400, 401, 403, 500, 503),
 )
 async def clear_override(
-    agent_id: uuid.UUID, request: Request, services: ServicesDep, context: RequestContextDep
+    agent_id: AgentId, request: Request, services: ServicesDep, context: RequestContextDep
 ) -> Response:
     """Remove the override: the agent's registration and the source decide again."""
     async with services.audit_scope(

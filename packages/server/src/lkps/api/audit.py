@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
@@ -15,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from lkps.api.deps import BearerDoc, ServicesDep, authenticate
 from lkps.api.openapi import error_responses
-from lkps.api.schemas import AuditPage, ChainReport
+from lkps.api.schemas import AgentId, AuditPage, ChainReport
 from lkps.audit import AuditEvent, AuditFilter, Outcome
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
@@ -58,7 +57,7 @@ async def query_audit(
     services: ServicesDep,
     event: Annotated[AuditEvent | None, Query(description="Event type")] = None,
     outcome: Annotated[Outcome | None, Query()] = None,
-    agent_id: Annotated[uuid.UUID | None, Query()] = None,
+    agent_id: Annotated[AgentId | None, Query()] = None,
     client_app_id: Annotated[str | None, Query(max_length=64)] = None,
     cwid: Annotated[str | None, Query(max_length=256)] = None,
     since: Annotated[

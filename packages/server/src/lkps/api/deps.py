@@ -10,6 +10,7 @@ from fastapi.security import HTTPBearer
 from starlette.requests import Request
 
 from lkps.api.body import JsonBodies
+from lkps.api.client_address import recorded_client_ip
 from lkps.api.middleware import request_id_of
 from lkps.audit import AuditScope, RequestContext
 from lkps.identity import Caller
@@ -36,7 +37,8 @@ async def get_bodies(request: Request) -> JsonBodies:
 async def get_request_context(request: Request) -> RequestContext:
     client = request.client
     return RequestContext(
-        request_id=request_id_of(request.scope), client_ip=client.host if client else None
+        request_id=request_id_of(request.scope),
+        client_ip=recorded_client_ip(client.host) if client else None,
     )
 
 

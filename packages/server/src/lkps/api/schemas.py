@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, ClassVar
@@ -19,9 +17,19 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from lkps.api.body import JsonText
 from lkps.authorization.override import MAX_ADDITIONAL_CLIENTS
-from lkps.sessions.metadata import MAX_KEYS, check_metadata
+from lkps.ids import UUID_PATTERN, canonical_uuid
+from lkps.sessions.metadata import (
+    MAX_KEYS,
+    ClientMetadata,
+    NotJsonObject,
+    check_metadata,
+    client_metadata,
+    parse_client_metadata,
+)
 
 # A JSON object within the metadata limits (50 keys, 10,240 bytes, 32 levels). The
 # document states the key limit; the size and depth limits have no JSON Schema keyword.
@@ -30,6 +38,52 @@ Metadata = Annotated[
     AfterValidator(check_metadata),
     Field(json_schema_extra={"maxProperties": MAX_KEYS}),
 ]
+
+
+def _session_metadata(value: Any, info: ValidationInfo) -> ClientMetadata | None:
+    """The metadata as its text: `read_json_body(..., json_text=["metadata"])` gives it.
+    Anything else (a value without its text) is refused rather than re-encoded."""
+    field = info.field_name or "metadata"
+    if isinstance(value, JsonText):
+        return (
+            None if value.value is None else client_metadata(value.value, value.text, field=field)
+        )
+    if value is None:
+        return None
+    raise ValueError(f'"{field}" must be a JSON object')
+
+
+# What the agent receives as its dispatch metadata: the client's JSON object as sent,
+# compacted (`lkps.sessions.metadata`). The document shows the object it must be.
+SessionMetadata = Annotated[
+    ClientMetadata | None,
+    BeforeValidator(_session_metadata),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "object", "additionalProperties": True, "maxProperties": MAX_KEYS},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
+def _canonical_uuid(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):  # given by Python code, not read from a request
+        return value
+    if canonical_uuid(value) is None:
+        raise PydanticCustomError("uuid_parsing", "Input should be a UUID")
+    return value
+
+
+# Every id LKPS reads (agent, registration): the canonical hyphenated UUID, either case
+# (`lkps.ids`), refused otherwise as `"<field>" must be a UUID`; `str()` gives it in lower
+# case. A type of its own so that bodies, paths and queries agree, and say so in the
+# document (`format: uuid` and the pattern).
+_UUID_SCHEMA = WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})
+CanonicalUuid = Annotated[uuid.UUID, BeforeValidator(_canonical_uuid), _UUID_SCHEMA]
+AgentId = CanonicalUuid
 
 
 class ErrorBody(BaseModel):
@@ -49,12 +103,15 @@ class ReadinessResponse(BaseModel):
 
 
 class SessionStartRequest(BaseModel):
-    agent_entra_app_id: uuid.UUID = Field(
+    agent_entra_app_id: AgentId = Field(
         description="The target agent's Entra application (client) id"
     )
-    metadata: Metadata | None = Field(
+    metadata: SessionMetadata = Field(
         default=None,
-        description="Forwarded to the agent as its dispatch metadata (at most 50 keys, 10 KB)",
+        description=(
+            "Forwarded to the agent as its dispatch metadata, as sent but for the whitespace "
+            "between tokens (at most 50 keys, 10 KB; a key twice in one object is refused)"
+        ),
     )
 
 
@@ -74,7 +131,7 @@ class AgentRegisterRequest(BaseModel):
     )
     version: str | None = Field(default=None, max_length=128)
     metadata: Metadata | None = None
-    registration_id: uuid.UUID | None = Field(
+    registration_id: CanonicalUuid | None = Field(
         default=None, description="Renew this live registration instead of creating one"
     )
     worker_connected: StrictBool | None = Field(
@@ -98,7 +155,7 @@ class AgentRegisterResponse(BaseModel):
 
 
 class RegistrationRef(BaseModel):
-    registration_id: uuid.UUID | None = None
+    registration_id: CanonicalUuid | None = None
 
 
 class HeartbeatRequest(RegistrationRef):
@@ -129,7 +186,7 @@ class OverrideBody(BaseModel):
             f"at most {MAX_ADDITIONAL_CLIENTS}"
         ),
         json_schema_extra={
-            "items": {"type": "string", "format": "uuid"},
+            "items": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
             "maxItems": MAX_ADDITIONAL_CLIENTS,
         },
     )
@@ -210,9 +267,6 @@ class ChainReport(BaseModel):
 
 _AGENTS = "room_config.agents"
 _DISPATCH = f"{_AGENTS}[0]"
-# The text form `format: uuid` means (RFC 9562): what `agent_name` must be, exactly.
-# `uuid.UUID` alone would also take braces, a `urn:uuid:` prefix or no hyphens.
-_UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 def _left_to_lkps(value: str | None, info: ValidationInfo) -> str | None:
@@ -234,14 +288,15 @@ def _exactly_one_agent(value: Any) -> Any:
 
 
 def _agent_app_id(value: Any) -> Any:
-    if not isinstance(value, str) or re.fullmatch(_UUID_PATTERN, value) is None:
+    if canonical_uuid(value) is None:
         raise ValueError(f'"{_DISPATCH}.agent_name" must be the agent\'s app id (a UUID)')
     return value
 
 
-def _metadata_object(value: Any) -> dict[str, Any] | None:
+def _metadata_object(value: Any) -> ClientMetadata | None:
     """LiveKit carries dispatch metadata as a string; LKPS takes the JSON object
-    `/api/session/start` takes, in that string (empty: none), within the same limits."""
+    `/api/session/start` takes, in that string (empty: none), within the same limits,
+    and forwards it as `/api/session/start` does: the string, compacted."""
     if value is None or value == "":
         return None
     field = f"{_DISPATCH}.metadata"
@@ -249,17 +304,9 @@ def _metadata_object(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, str):
         raise ValueError(refusal)
     try:
-        metadata = json.loads(value, parse_constant=_not_json)
-    except (ValueError, RecursionError):  # RecursionError: nested beyond the parser
+        return parse_client_metadata(value, field=field)
+    except NotJsonObject:
         raise ValueError(refusal) from None
-    if not isinstance(metadata, dict):
-        raise ValueError(refusal)
-    return check_metadata(metadata, field=field)
-
-
-def _not_json(name: str) -> Any:
-    """NaN and Infinity, which Python's parser would take."""
-    raise ValueError(f"{name} is not JSON")
 
 
 ChosenByLkps = Annotated[
@@ -300,19 +347,18 @@ class AgentDispatchRequest(_DeclaredKeysOnly):
     PATH = _DISPATCH
     UNDECLARED = 'cannot be requested (a dispatch takes "agent_name" and "metadata")'
 
+    # `AgentId`'s rule and schema, with a message naming the dispatch as LiveKit writes it.
     agent_name: Annotated[
         uuid.UUID,
         BeforeValidator(_agent_app_id),
-        Field(
-            description="The agent's Entra application (client) id",
-            json_schema_extra={"pattern": _UUID_PATTERN},
-        ),
+        _UUID_SCHEMA,
+        Field(description="The agent's Entra application (client) id"),
     ]
     # Read as the object it holds; the document shows the string LiveKit sends. That the
     # string holds a JSON object of at most 50 keys is an annotation (`contentSchema`):
     # JSON Schema cannot require it of a string, nor the size and depth limits.
     metadata: Annotated[
-        dict[str, Any] | None,
+        ClientMetadata | None,
         BeforeValidator(_metadata_object),
         WithJsonSchema(
             {

@@ -42,7 +42,7 @@ async def start_session(
         AuditEvent.SESSION_START, context, failure_message=SESSION_FAILED
     ) as audit:
         caller = await authenticate(request, services, audit)
-        body = await bodies.read(request, SessionStartRequest)
+        body = await bodies.read(request, SessionStartRequest, json_text=["metadata"])
         session = await services.sessions.start(
             caller, SessionRequest(body.agent_entra_app_id, body.metadata, via="start"), audit
         )

@@ -8,12 +8,12 @@ source allows: revoking is done where the owner controls it, in Entra.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from lkps.errors import BadRequest
+from lkps.ids import canonical_uuid
 
 MAX_ADDITIONAL_CLIENTS = 500
 
@@ -46,7 +46,7 @@ class OverrideChange:
 def canonical_client_ids(values: Sequence[str]) -> tuple[str, ...]:
     if len(values) > MAX_ADDITIONAL_CLIENTS:
         raise BadRequest(f'"additional_clients" may list at most {MAX_ADDITIONAL_CLIENTS} clients')
-    try:
-        return tuple(sorted({str(uuid.UUID(value)) for value in values}))
-    except (ValueError, TypeError, AttributeError):
-        raise BadRequest('"additional_clients" must be client app ids (UUIDs)') from None
+    canonical = {canonical_uuid(value) for value in values}
+    if None in canonical:
+        raise BadRequest('"additional_clients" must be client app ids (UUIDs)')
+    return tuple(sorted(value for value in canonical if value is not None))

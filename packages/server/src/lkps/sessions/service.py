@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from lkps.agents import AgentRegistry, agent_not_connected
 from lkps.audit import AuditScope
@@ -14,7 +13,7 @@ from lkps.clock import Clock
 from lkps.identity import Caller
 from lkps.limits.limiter import Limit, RateLimiter
 from lkps.livekit import IssuedToken, TokenMinter, dispatch_room_config
-from lkps.sessions.metadata import dispatch_metadata
+from lkps.sessions.metadata import ClientMetadata, dispatch_metadata
 from lkps.sessions.room_names import new_room_name
 
 # The contract's message for a session start that failed inside LKPS (500).
@@ -26,7 +25,7 @@ class SessionRequest:
     """What a client asks for, whichever endpoint it asked through (`via`)."""
 
     agent_id: uuid.UUID
-    metadata: dict[str, Any] | None
+    metadata: ClientMetadata | None
     via: str
 
 

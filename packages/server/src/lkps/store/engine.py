@@ -56,7 +56,13 @@ class StoreUnavailable(ServiceUnavailable):
         """The store answered, and refused what a statement held (a value too long for
         its column, a duplicate key): the statement wrote nothing, and the same
         statement without the offending data would succeed. Not the store being away."""
-        return isinstance(self.__cause__, IntegrityError | DataError)
+        cause = self.__cause__
+        if isinstance(cause, IntegrityError | DataError):
+            return True
+        # SQLAlchemy's asyncpg adapter raises its generic DBAPIError for most server
+        # errors; the SQLSTATE tells: class 22 is a data exception, 23 an integrity one.
+        state = str(getattr(getattr(cause, "orig", None), "sqlstate", "") or "")
+        return isinstance(cause, DBAPIError) and state[:2] in {"22", "23"}
 
 
 def is_sqlite(url: str) -> bool:
