@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import httpx
 
@@ -21,6 +22,9 @@ from lkps.authorization.service import AuthorizationService
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
+from lkps.gateway import AgentGateway, GatewayCredentials, GatewayRelay, NoObserver
+from lkps.gateway.refusals import AuditedRefusals
+from lkps.gateway.upstream import AiohttpUpstream
 from lkps.identity import AppRoles, JwksCache, TokenValidator
 from lkps.limits.buckets import BucketStore, LocalBuckets
 from lkps.limits.limiter import LimitSettings, RateLimiter
@@ -49,6 +53,8 @@ class Services:
     minter: TokenMinter
     limits: RateLimiter
     sweeper: PresenceSweeper
+    # Set when LKPS_AGENT_CONNECTION=gateway.
+    gateway: AgentGateway | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def audit_scope(
@@ -78,6 +84,30 @@ def build_authorization_source(
     return FileAuthorizationSource(settings.authz_file)
 
 
+def build_gateway(
+    settings: Settings,
+    audit: AuditLog,
+    minter: TokenMinter,
+    credentials: GatewayCredentials,
+    upstream: AiohttpUpstream,
+) -> AgentGateway:
+    """The /agent gateway: the relay mints a LiveKit worker token per connection."""
+    refusals = AuditedRefusals(audit)
+    relay = GatewayRelay(
+        livekit_url=settings.livekit_url,
+        # Only for the upstream handshake: LiveKit checks it when the socket opens.
+        worker_token=lambda agent_id: (
+            minter.agent_token(agent_name=agent_id, ttl=UPSTREAM_TOKEN_TTL).jwt
+        ),
+        connector=upstream,
+        refusals=refusals,
+        observer=NoObserver(),
+        register_timeout=settings.agent_gateway_register_timeout_seconds,
+        max_message_bytes=settings.agent_gateway_max_message_bytes,
+    )
+    return AgentGateway(credentials, relay, refusals, public_url=settings.agent_gateway_url)
+
+
 def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
     local = LocalBuckets(clock)
     store: BucketStore = (
@@ -92,6 +122,9 @@ def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
             register_per_agent=settings.rate_limit_register_per_agent,
         ),
     )
+
+
+UPSTREAM_TOKEN_TTL = timedelta(minutes=5)
 
 
 @asynccontextmanager
@@ -142,6 +175,13 @@ async def running_services(
         overrides = AuthorizationOverrides(db, clock)
         limits = build_rate_limiter(settings, clock)
         source = authorization_source or build_authorization_source(settings, http, clock)
+        gateway_credentials = (
+            GatewayCredentials(settings.livekit_api_secret, clock)
+            if settings.agent_connection == "gateway"
+            else None
+        )
+        upstream = AiohttpUpstream(max_message_bytes=settings.agent_gateway_max_message_bytes)
+        clients.push_async_callback(upstream.aclose)
         authorizer = ClientAuthorizer(source)
         services = Services(
             clock=clock,
@@ -172,7 +212,10 @@ async def running_services(
                     agent_token_ttl=settings.agent_token_ttl,
                     heartbeat_interval=settings.heartbeat_interval,
                     presence_ttl=settings.presence_ttl,
+                    agent_connection=settings.agent_connection,
+                    gateway_url=settings.agent_gateway_url,
                 ),
+                gateway_credentials=gateway_credentials,
             ),
             sessions=SessionService(
                 registry,
@@ -188,6 +231,11 @@ async def running_services(
             minter=minter,
             limits=limits,
             sweeper=PresenceSweeper(registry, audit, interval=max(1.0, settings.presence_ttl / 3)),
+            gateway=(
+                build_gateway(settings, audit, minter, gateway_credentials, upstream)
+                if gateway_credentials is not None
+                else None
+            ),
         )
         await audit.start()
         await jwks.refresh()
