@@ -105,6 +105,8 @@ class AgentProcess(ManagedProcess):
             "PYTHONUNBUFFERED": "1",
             # The test machine is shared: CPU load must not mark the worker full.
             "AGENT_LOAD_THRESHOLD": "inf",
+            # Nor may it make livekit-server skip the worker (it does at a load >= 0.7).
+            "AGENT_FIXED_LOAD": "0.05",
         }
         command = [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"]
         super().__init__("agent", command, env, workdir)

@@ -26,6 +26,9 @@ from lkps.gateway.credentials import derive_key
 from lkps_testkit import EntraDouble, ServerThread
 from lkps_testkit.livekit import LiveKitDouble
 from tests.conftest import AGENT, AGENT_2, API_AUDIENCE, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET
+from tests.e2e.conftest import StackFactory
+from tests.e2e.harness import session_when_present, wait_for
+from tests.e2e.test_agent_flow import JWT
 from tests.livekit_double.fake_worker import FakeWorker
 
 pytestmark = pytest.mark.e2e
@@ -203,3 +206,48 @@ async def test_direct_mode_has_no_gateway(
     settings = Settings(**(settings_values | {"livekit_url": livekit.url}))
     with ServerThread(create_app(settings)) as server:
         assert await _handshake_status(server.url, {}) == 404
+
+
+# The example agent (lkps-agent, unchanged agent code) and `lkps serve` as processes.
+
+
+@pytest.mark.backends("sqlite")
+def test_the_example_agent_works_through_the_gateway_across_renewals(
+    make_stack: StackFactory,
+) -> None:
+    # A 12 s credential: lkps-agent renews it at ~9.6 s. (A job held open across the
+    # renewal needs a client in the room: tests/realserver/test_agent_gateway.py.)
+    stack = make_stack(LKPS_AGENT_CONNECTION="gateway", LKPS_AGENT_TOKEN_TTL="12")
+    agent = stack.start_agent()
+    wait_for(
+        lambda: stack.livekit.workers(AGENT) or not agent.running,
+        timeout=90,
+        what="the agent's worker connecting through the gateway",
+    )
+    assert agent.running, agent.log_text()[-3000:]
+    [worker] = stack.livekit.workers(AGENT)
+    assert worker.api_key == LIVEKIT_KEY and worker.claims["sub"] == AGENT  # minted by LKPS
+
+    session = session_when_present(stack.lkps_url, stack.entra, {"through": "gateway"})
+    stack.livekit.join(session.participant_token)
+    job = stack.livekit.wait_for_job(AGENT, room=session.room_name)
+    assert job.worker_id == worker.id
+    reports = wait_for(agent.reports, timeout=30, what="the entrypoint running")
+    assert [report["metadata"] for report in reports] == [{"through": "gateway"}]
+
+    wait_for(
+        lambda: agent.log_count('"renewed the LKPS registration"') >= 1,
+        timeout=40,
+        what="the credential being renewed",
+    )
+    # The worker's connection outlived the renewal (the credential is checked when a
+    # connection opens), and the job was not failed by it.
+    [first_job] = stack.livekit.jobs(AGENT)
+    assert first_job.status in ("JS_RUNNING", "JS_SUCCESS"), first_job
+    assert [w.id for w in stack.livekit.workers(AGENT, connected_only=False)] == [worker.id]
+    second = session_when_present(stack.lkps_url, stack.entra, {"after": "renewal"})
+    stack.livekit.join(second.participant_token)
+    assert stack.livekit.wait_for_job(AGENT, room=second.room_name).worker_id == worker.id
+    assert stack.livekit.dropped_dispatches == []
+    logs = agent.log_text() + (stack.lkps.log_text() if stack.lkps else "")
+    assert not JWT.findall(logs)
