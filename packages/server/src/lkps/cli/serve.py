@@ -57,6 +57,8 @@ def serve(
         timeout_graceful_shutdown=30,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        # The agent gateway's frames: uvicorn refuses larger ones (1009) before reading them.
+        ws_max_size=settings.agent_gateway_max_message_bytes,
     )
 
 
