@@ -125,6 +125,22 @@ async def test_a_session_reaches_the_agent_through_the_gateway(gateway: Gateway)
     assert gateway.refusals() == []
 
 
+@pytest.mark.parametrize(
+    ("forwarded", "scheme"), [({"X-Forwarded-Proto": "https"}, "wss"), ({}, "ws")]
+)
+def test_behind_a_trusted_tls_proxy_agents_are_told_wss(
+    gateway: Gateway, forwarded: dict[str, str], scheme: str
+) -> None:
+    # uvicorn believes X-Forwarded-Proto from LKPS_FORWARDED_ALLOW_IPS (127.0.0.1 here).
+    token = gateway.entra.app_token(audience=API_AUDIENCE, client_app_id=AGENT)
+    response = httpx.post(
+        f"{gateway.url}/api/agent/register",
+        json={},
+        headers={"Authorization": f"Bearer {token}", "Host": "agents.example.com"} | forwarded,
+    )
+    assert response.json()["gateway_url"] == f"{scheme}://agents.example.com"
+
+
 async def test_agent_a_cannot_register_as_agent_b(gateway: Gateway) -> None:
     b_worker = gateway.worker(gateway.register(AGENT_2), AGENT_2)
     impostor = gateway.worker(gateway.register(AGENT), AGENT_2)  # A's credential, B's name
