@@ -80,6 +80,7 @@ class ScriptedLkps:
     heartbeat_script: list[Answer] = field(default_factory=list)
     deregister_script: list[Answer] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    gateway_url: str | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _tokens: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -93,6 +94,8 @@ class ScriptedLkps:
             presence_ttl_seconds=90,
             registration_id=registration_id or f"reg-{next(self._ids)}",
             request_id="req",
+            agent_connection="gateway" if self.gateway_url else "direct",
+            gateway_url=self.gateway_url,
         )
 
     def _answer(self, script: list[Answer], default: Callable[[], Any]) -> Any:
@@ -279,6 +282,20 @@ async def test_worker_token_renews_first_when_due(
     assert token != first.token
     assert lkps.names() == ["register", "register"]
     assert lifecycle.status().worker_connections == 1
+
+
+async def test_the_gateway_follows_the_registration(
+    lifecycle: AgentLifecycle, lkps: ScriptedLkps, clock: FakeClock
+) -> None:
+    await lifecycle.start()
+    await lifecycle.stop(deregister=False)
+    assert lifecycle.gateway_url() is None  # direct: the socket goes to LiveKit
+    # LKPS switched to gateway mode: the renewal before the next reconnect says so.
+    lkps.gateway_url = "wss://lkps.test"
+    clock.now += 0.9 * TOKEN_TTL
+    token = await lifecycle.worker_token()
+    assert lifecycle.gateway_url() == "wss://lkps.test"
+    assert lifecycle.registration is not None and lifecycle.registration.token == token
 
 
 async def test_worker_token_survives_lkps_down_with_the_current_token(

@@ -85,7 +85,8 @@ def test_livekit_environment_credentials_are_not_used(monkeypatch: pytest.Monkey
 
 
 class RecordingTokens:
-    def __init__(self) -> None:
+    def __init__(self, gateway: str | None = None) -> None:
+        self.gateway = gateway
         self.rejected: list[str] = []
         self.accepted = 0
         self.issued = 0
@@ -94,6 +95,9 @@ class RecordingTokens:
     async def worker_token(self) -> str:
         self.issued += 1
         return f"lkps-token-{self.issued}"
+
+    def gateway_url(self) -> str | None:
+        return self.gateway
 
     async def livekit_rejected(self, token: str) -> None:
         self.rejected.append(token)
@@ -156,6 +160,29 @@ async def test_the_worker_socket_carries_the_lkps_token() -> None:
     # Everything else on the session is the session's own.
     await server._http_session.close()
     assert session.closed
+
+
+@pytest.mark.parametrize(
+    ("gateway", "dialled"),
+    [
+        ("ws://lkps.test:8080", "ws://lkps.test:8080/agent"),
+        ("wss://lkps.example/base/", "wss://lkps.example/base/agent"),
+        ("https://lkps.example", "wss://lkps.example/agent"),
+    ],
+)
+async def test_with_a_gateway_the_worker_socket_dials_it(gateway: str, dialled: str) -> None:
+    tokens, session = RecordingTokens(gateway), FakeSession()
+    server = seamed(tokens, session)
+    await server._http_session.ws_connect(
+        "ws://livekit.test/agent", params={"worker_token": "x"}, heartbeat=30
+    )
+    (url, kwargs) = session.calls[0]
+    assert url == dialled
+    assert kwargs["headers"] == {"Authorization": "Bearer lkps-token-1"}
+    assert kwargs["params"] == {"worker_token": "x"} and kwargs["heartbeat"] == 30
+    # Rooms are still joined at LiveKit: the worker's ws_url is not the gateway.
+    await server._http_session.ws_connect("ws://livekit.test/rtc")
+    assert session.calls[1][0] == "ws://livekit.test/rtc"
 
 
 async def test_a_reconnect_reports_the_lost_connection_first() -> None:

@@ -4,11 +4,14 @@ LKPS, and the 429 mapping through a mock transport."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import jwt
 import pytest
 
+from lkps.app import create_app
+from lkps.config import Settings
 from lkps_client import (
     AgentNotConnectedError,
     AsyncLkpsClient,
@@ -18,6 +21,7 @@ from lkps_client import (
     RateLimitedError,
     RegistrationGoneError,
 )
+from lkps_testkit import EntraDouble, ServerThread
 from tests.conftest import AGENT_2, API_AUDIENCE, LIVEKIT_SECRET, LIVEKIT_URL, Lkps, Served
 
 pytestmark = pytest.mark.api
@@ -33,6 +37,8 @@ def test_register_heartbeat_deregister(served: Served) -> None:
         assert registration.heartbeat_interval_seconds > 0
         assert registration.presence_ttl_seconds > registration.heartbeat_interval_seconds
         assert registration.request_id
+        assert registration.agent_connection == "direct" and registration.gateway_url is None
+        assert registration.worker_url == LIVEKIT_URL
         # The worker token is a bearer credential: never in a repr that may reach a log.
         assert registration.token not in repr(registration)
         claims = jwt.decode(registration.token, LIVEKIT_SECRET, algorithms=["HS256"])
@@ -55,6 +61,19 @@ def test_register_heartbeat_deregister(served: Served) -> None:
         with pytest.raises(RegistrationGoneError) as gone:
             agent.agent_heartbeat(registration.registration_id)
         assert gone.value.status_code == 404
+
+
+def test_gateway_registration(settings_values: dict[str, Any], entra: EntraDouble) -> None:
+    settings = Settings(**(settings_values | {"agent_connection": "gateway"}))
+    with ServerThread(create_app(settings)) as server:
+        agent_token = entra.app_token(audience=API_AUDIENCE, client_app_id=AGENT_2)
+        with LkpsClient(server.url, token=agent_token) as agent:
+            registration = agent.register_agent()
+    assert registration.agent_connection == "gateway"
+    assert registration.gateway_url == server.url.replace("http://", "ws://")
+    assert registration.worker_url == registration.gateway_url
+    assert registration.livekit_url == LIVEKIT_URL
+    assert registration.token not in repr(registration)
 
 
 def test_a_user_cannot_register_as_an_agent(served: Served) -> None:

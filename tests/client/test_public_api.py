@@ -77,6 +77,23 @@ def test_results_are_frozen() -> None:
         assert vars(cls)["__dataclass_params__"].frozen, name
 
 
+def test_agent_registration_fields() -> None:
+    # The gateway fields (issue 11) are optional: an LKPS in direct mode leaves them out.
+    fields = [field.name for field in dataclasses.fields(lkps_client.AgentRegistration)]
+    assert fields == [
+        "agent_name",
+        "livekit_url",
+        "token",
+        "expires_at",
+        "heartbeat_interval_seconds",
+        "presence_ttl_seconds",
+        "registration_id",
+        "request_id",
+        "agent_connection",
+        "gateway_url",
+    ]
+
+
 async def test_azure_identity_credentials_fit() -> None:
     # The annotations are the test (mypy); constructing makes no network call.
     tenant, client = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"

@@ -116,6 +116,8 @@ class AgentProcess(ManagedProcess):
             # The test machine is shared: CPU load must not mark the worker full.
             "AGENT_LOAD_THRESHOLD": "inf",
             "AGENT_HTTP_PORT": str(http_port),
+            # Nor may it make livekit-server skip the worker (it does at a load >= 0.7).
+            "AGENT_FIXED_LOAD": "0.05",
         }
         command = [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"]
         super().__init__("agent", command, env, workdir)

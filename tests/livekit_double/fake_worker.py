@@ -15,8 +15,17 @@ WAIT = 10.0
 
 
 class FakeWorker:
-    def __init__(self, livekit: LiveKitDouble, token: str, *, agent_name: str = "helper") -> None:
+    def __init__(
+        self,
+        livekit: LiveKitDouble,
+        token: str,
+        *,
+        agent_name: str = "helper",
+        url: str | None = None,
+    ) -> None:
         self.livekit = livekit
+        # Where the socket goes: the double itself, or LKPS's agent gateway in front of it.
+        self.url = url or livekit.url
         self.token = token
         self.agent_name = agent_name
         self.worker_id = ""
@@ -26,7 +35,7 @@ class FakeWorker:
 
     async def connect(self, *, register: bool = True) -> FakeWorker:
         self.ws = await self._session.ws_connect(
-            f"{self.livekit.url}/agent", headers={"Authorization": f"Bearer {self.token}"}
+            f"{self.url}/agent", headers={"Authorization": f"Bearer {self.token}"}
         )
         if register:
             request = agent.RegisterWorkerRequest(

@@ -157,23 +157,30 @@ class AgentLifecycle:
         self._worker_connections += 1
         return registration.token
 
+    def gateway_url(self) -> str | None:
+        """The agent gateway of the current registration (LKPS in gateway mode): the
+        worker socket goes there, with the gateway credential, instead of to LiveKit."""
+        registration = self._registration
+        return registration.gateway_url if registration is not None else None
+
     async def livekit_rejected(self, token: str) -> None:
-        """LiveKit answered 401 to the worker socket opened with `token`."""
+        """LiveKit (or LKPS's agent gateway) answered 401 to the worker socket opened
+        with `token`."""
         if self._stopped:
             return
         if token == self._token_after_rejection:
             self._fail(
                 LiveKitRejectedTokenError(
                     "LiveKit rejected the worker token LKPS issued moments ago (HTTP 401 on "
-                    f"{self._livekit_url()}/agent): LKPS and this LiveKit server do not share "
-                    "an API key and secret, or LKPS hands out the wrong LiveKit URL. Ask the "
+                    f"{self._worker_url()}/agent): LKPS and this LiveKit server do not share "
+                    "an API key and secret, or LKPS hands out the wrong URL. Ask the "
                     "LKPS operators; retrying will not help."
                 )
             )
             return
         logger.error(
             "LiveKit rejected the worker token (HTTP 401); asking LKPS for a new one",
-            extra={"livekit_url": self._livekit_url()},
+            extra={"worker_url": self._worker_url()},
         )
         try:
             await self._renew(force=True)
@@ -444,8 +451,8 @@ class AgentLifecycle:
             raise RuntimeError("not registered with LKPS yet: call start() first")
         return self._registration
 
-    def _livekit_url(self) -> str:
-        return self._registration.livekit_url if self._registration else "LiveKit"
+    def _worker_url(self) -> str:
+        return self._registration.worker_url if self._registration else "LiveKit"
 
 
 def _describe(error: BaseException) -> str:

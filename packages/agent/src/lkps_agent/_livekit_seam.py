@@ -8,7 +8,10 @@ to `<ws_url>/agent`. So this module
 - wraps the worker's aiohttp session (assigned in `AgentServer.run`) in a proxy whose
   `ws_connect` to `/agent` carries the LKPS-issued token instead, asking the token source
   on every (re)connect, and reports LiveKit's 401 instead of letting it become a silent
-  retry;
+  retry. When the registration names an agent gateway, that socket dials
+  `<gateway URL>/agent` instead of LiveKit's, while the worker's `ws_url` stays LiveKit's:
+  livekit-agents joins a job's room at `job_assign.url or ws_url`, so rooms are joined at
+  LiveKit even if a server leaves the assignment's URL empty;
 - gives `AgentServer` placeholder credentials, because `run()` refuses to start without
   them; they sign nothing LiveKit accepts;
 - turns dev-mode job reloading (which re-signs job tokens with the API secret) into a
@@ -56,6 +59,11 @@ class WorkerTokenSource(Protocol):
     """Where the worker socket's token comes from (`AgentLifecycle`)."""
 
     async def worker_token(self) -> str: ...
+
+    def gateway_url(self) -> str | None:
+        """The agent gateway the token is for (its `/agent` replaces LiveKit's), or
+        None: the token is for LiveKit itself."""
+        ...
 
     async def livekit_rejected(self, token: str) -> None: ...
 
@@ -127,6 +135,9 @@ class _WorkerSocketAuth:
             self._opened = False
             self._tokens.worker_connected(False)
         token = await self._tokens.worker_token()
+        gateway = self._tokens.gateway_url()
+        if gateway:
+            url = agent_socket_url(gateway)
         kwargs["headers"] = {
             **dict(kwargs.get("headers") or {}),
             "Authorization": f"Bearer {token}",
@@ -140,6 +151,13 @@ class _WorkerSocketAuth:
         self._opened = True
         self._tokens.livekit_accepted()
         return socket
+
+
+def agent_socket_url(base: str) -> str:
+    """`<base>/agent` as livekit-agents builds it from `ws_url` (http(s) becomes ws(s))."""
+    if base.startswith("http"):
+        base = "ws" + base.removeprefix("http")
+    return base.rstrip("/") + "/agent"
 
 
 class SeamedAgentServer(AgentServer):

@@ -41,11 +41,13 @@ class Session:
 
 @dataclass(frozen=True)
 class AgentRegistration:
-    """An agent worker's registration: the LiveKit token its worker connects with, and
-    how often LKPS wants to hear from it.
+    """An agent worker's registration: the token its worker connects with, where it
+    connects, and how often LKPS wants to hear from it.
 
-    The token carries only the `agent` grant (it registers a worker, it joins no room),
-    but it is still a bearer credential, so `repr()` leaves it out.
+    `agent_connection` "direct": `token` is a LiveKit worker token (only the `agent`
+    grant) for `livekit_url`. "gateway": `token` is a credential for LKPS's agent gateway
+    at `gateway_url` (the worker's `/agent` socket goes there), while jobs still join
+    their rooms at `livekit_url`. Either is a bearer credential, so `repr()` leaves it out.
     """
 
     agent_name: str
@@ -56,6 +58,13 @@ class AgentRegistration:
     presence_ttl_seconds: int
     registration_id: str
     request_id: str | None
+    agent_connection: str = "direct"
+    gateway_url: str | None = None
+
+    @property
+    def worker_url(self) -> str:
+        """Where the worker's `/agent` socket connects: the gateway, or LiveKit."""
+        return self.gateway_url or self.livekit_url
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,8 @@ def parse_registration(value: Any, request_id: str | None) -> AgentRegistration:
         presence_ttl_seconds=_int(document, "presence_ttl_seconds"),
         registration_id=_str(document, "registration_id"),
         request_id=request_id,
+        agent_connection=_opt_str(document, "agent_connection") or "direct",
+        gateway_url=_opt_str(document, "gateway_url"),
     )
 
 

@@ -25,6 +25,7 @@ from lkps.origins import AllowedOrigins, parse_origins
 Environment = Literal["dev", "np", "prod"]
 AuthzSource = Literal["graph", "file"]
 HttpImplementation = Literal["httptools", "h11"]
+AgentConnection = Literal["gateway", "direct"]
 
 # The development identity provider's tenant. Its tokens are accepted only by an
 # instance running with LKPS_ENV=dev; every other instance refuses to start with it.
@@ -117,6 +118,17 @@ class Settings(BaseSettings):
     presence_ttl: int = Field(default=90, ge=5)
     heartbeat_interval: int = Field(default=30, ge=1)
 
+    # How agents' workers reach LiveKit. "gateway": through LKPS's /agent, which binds
+    # each worker connection to its agent. "direct": registration hands out a LiveKit
+    # worker token, and LiveKit lets its holder register under ANY agent name, so one
+    # agent can take another's sessions (issue 11, finding 3). The default stays
+    # "direct" until presence follows the gateway connection (docs/configuration.md).
+    agent_connection: AgentConnection = "direct"
+    # The gateway's public ws(s):// URL; empty: the URL each register request came in on.
+    agent_gateway_url: str = ""
+    agent_gateway_register_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    agent_gateway_max_message_bytes: int = Field(default=1 << 20, ge=4096, le=64 << 20)
+
     # HTTP.
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
@@ -173,6 +185,14 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("agent_gateway_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError("LKPS_AGENT_GATEWAY_URL must be a ws:// or wss:// URL")
+        return value
 
     @property
     def is_dev(self) -> bool:

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import httpx
 
@@ -23,6 +24,9 @@ from lkps.background import BackgroundJobs
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
+from lkps.gateway import AgentGateway, GatewayCredentials, GatewayRelay, NoObserver
+from lkps.gateway.refusals import AuditedRefusals
+from lkps.gateway.upstream import AiohttpUpstream
 from lkps.identity import AppRoles, JwksCache, TokenValidator
 from lkps.limits.buckets import BucketStore, LocalBuckets
 from lkps.limits.limiter import LimitSettings, RateLimiter
@@ -53,6 +57,8 @@ class Services:
     minter: TokenMinter
     limits: RateLimiter
     sweeper: PresenceSweeper
+    # Set when LKPS_AGENT_CONNECTION=gateway.
+    gateway: AgentGateway | None = None
     background: BackgroundJobs = field(default_factory=BackgroundJobs)
 
     def audit_scope(
@@ -82,6 +88,30 @@ def build_authorization_source(
     return FileAuthorizationSource(settings.authz_file)
 
 
+def build_gateway(
+    settings: Settings,
+    audit: AuditLog,
+    minter: TokenMinter,
+    credentials: GatewayCredentials,
+    upstream: AiohttpUpstream,
+) -> AgentGateway:
+    """The /agent gateway: the relay mints a LiveKit worker token per connection."""
+    refusals = AuditedRefusals(audit)
+    relay = GatewayRelay(
+        livekit_url=settings.livekit_url,
+        # Only for the upstream handshake: LiveKit checks it when the socket opens.
+        worker_token=lambda agent_id: (
+            minter.agent_token(agent_name=agent_id, ttl=UPSTREAM_TOKEN_TTL).jwt
+        ),
+        connector=upstream,
+        refusals=refusals,
+        observer=NoObserver(),
+        register_timeout=settings.agent_gateway_register_timeout_seconds,
+        max_message_bytes=settings.agent_gateway_max_message_bytes,
+    )
+    return AgentGateway(credentials, relay, refusals, public_url=settings.agent_gateway_url)
+
+
 def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
     local = LocalBuckets(clock)
     store: BucketStore = (
@@ -96,6 +126,9 @@ def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
             register_per_agent=settings.rate_limit_register_per_agent,
         ),
     )
+
+
+UPSTREAM_TOKEN_TTL = timedelta(minutes=5)
 
 
 @asynccontextmanager
@@ -158,6 +191,15 @@ async def running_services(
         teardown.push_async_callback(
             _shutdown_step, "close the authorization source", source.aclose
         )
+        gateway_credentials = (
+            GatewayCredentials(settings.livekit_api_secret, clock)
+            if settings.agent_connection == "gateway"
+            else None
+        )
+        upstream = AiohttpUpstream(max_message_bytes=settings.agent_gateway_max_message_bytes)
+        teardown.push_async_callback(
+            _shutdown_step, "close the gateway's LiveKit client", upstream.aclose
+        )
         authorizer = ClientAuthorizer(source)
         services = Services(
             clock=clock,
@@ -188,7 +230,10 @@ async def running_services(
                     agent_token_ttl=settings.agent_token_ttl,
                     heartbeat_interval=settings.heartbeat_interval,
                     presence_ttl=settings.presence_ttl,
+                    agent_connection=settings.agent_connection,
+                    gateway_url=settings.agent_gateway_url,
                 ),
+                gateway_credentials=gateway_credentials,
             ),
             sessions=SessionService(
                 registry,
@@ -204,6 +249,11 @@ async def running_services(
             minter=minter,
             limits=limits,
             sweeper=PresenceSweeper(registry, audit),
+            gateway=(
+                build_gateway(settings, audit, minter, gateway_credentials, upstream)
+                if gateway_credentials is not None
+                else None
+            ),
         )
         await audit.start()
         teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)

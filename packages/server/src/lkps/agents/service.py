@@ -19,6 +19,7 @@ from lkps.audit import AuditEvent, AuditScope
 from lkps.authorization.override import AuthorizationOverride
 from lkps.authorization.overrides import AuthorizationOverrides
 from lkps.errors import Forbidden
+from lkps.gateway.credentials import GatewayCredentials
 from lkps.identity import AppRoles, Caller, require_role
 from lkps.limits.limiter import Limit, RateLimiter
 from lkps.livekit import IssuedToken, TokenMinter
@@ -41,6 +42,10 @@ class AgentTerms:
     agent_token_ttl: int
     heartbeat_interval: int
     presence_ttl: int
+    # "gateway": the worker connects through LKPS's /agent with a gateway credential.
+    agent_connection: str = "direct"
+    # The gateway's public URL; empty: the one the register request came in on.
+    gateway_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +59,8 @@ class RegistrationRequest:
 
 @dataclass(frozen=True, slots=True)
 class AgentGrant:
-    """A registration and the LiveKit worker token that goes with it."""
+    """A registration and the credential its worker connects with: a LiveKit worker
+    token (direct), or a gateway credential for LKPS's /agent (gateway)."""
 
     agent_id: str
     registration_id: str
@@ -85,6 +91,7 @@ class AgentService:
         *,
         roles: AppRoles,
         terms: AgentTerms,
+        gateway_credentials: GatewayCredentials | None = None,
     ) -> None:
         self._registry = registry
         self._overrides = overrides
@@ -92,6 +99,8 @@ class AgentService:
         self._limits = limits
         self._roles = roles
         self.terms = terms
+        # Set in gateway mode: workers get a credential only the gateway accepts.
+        self._gateway_credentials = gateway_credentials
 
     def identify(self, caller: Caller, audit: AuditScope | None = None) -> AgentIdentity:
         """The agent this caller is, or `Forbidden`; recorded in `audit` either way."""
@@ -130,13 +139,18 @@ class AgentService:
                 )
             )
         audit.set_registration(registration.registration_id)
-        token = self._minter.agent_token(
-            agent_name=agent.agent_id, ttl=timedelta(seconds=self.terms.agent_token_ttl)
-        )
+        ttl = timedelta(seconds=self.terms.agent_token_ttl)
+        if self._gateway_credentials is not None:
+            token = self._gateway_credentials.issue(
+                agent_id=agent.agent_id, registration_id=registration.registration_id, ttl=ttl
+            )
+        else:
+            token = self._minter.agent_token(agent_name=agent.agent_id, ttl=ttl)
         audit.detail(
             enforce_client_authz=registration.enforce_client_authz,
             version=request.version,
             token_expires_at=token.expires_at.isoformat(),
+            agent_connection=self.terms.agent_connection,
             worker_connected=request.worker_connected,
         )
         audit.grant(event=AuditEvent.AGENT_RENEW if registration.renewed else None)

@@ -17,6 +17,7 @@ from lkps.api.schemas import (
     RegistrationRef,
 )
 from lkps.audit import AuditEvent
+from lkps.gateway import gateway_url_for
 
 router = APIRouter(prefix="/api/agent", tags=["agents"])
 
@@ -24,6 +25,8 @@ router = APIRouter(prefix="/api/agent", tags=["agents"])
 @router.post(
     "/register",
     response_model=AgentRegisterResponse,
+    # Direct mode answers exactly as before the gateway existed.
+    response_model_exclude_none=True,
     dependencies=[BearerDoc],
     openapi_extra=json_body(AgentRegisterRequest, required=False),
     responses=error_responses(400, 401, 403, 413, 415, 429, 500, 503),
@@ -32,7 +35,8 @@ async def register(
     request: Request, services: ServicesDep, bodies: BodiesDep, context: RequestContextDep
 ) -> AgentRegisterResponse:
     """Register one worker process of the calling agent (or renew its registration) and
-    issue the LiveKit worker token it connects with."""
+    issue the credential its worker connects with: a gateway credential and the gateway's
+    URL (LKPS_AGENT_CONNECTION=gateway), or a LiveKit worker token (direct)."""
     async with services.audit_scope(AuditEvent.AGENT_REGISTER, context) as audit:
         agent = services.agents.identify(await authenticate(request, services, audit), audit)
         body = await bodies.read(request, AgentRegisterRequest, required=False)
@@ -47,14 +51,20 @@ async def register(
             ),
             audit,
         )
+    terms = grant.terms
+    gateway = terms.agent_connection == "gateway"
     return AgentRegisterResponse(
         agent_name=grant.agent_id,
-        livekit_url=grant.terms.livekit_url,
+        livekit_url=terms.livekit_url,
         token=grant.token.jwt,
         expires_at=grant.token.expires_at,
-        heartbeat_interval_seconds=grant.terms.heartbeat_interval,
-        presence_ttl_seconds=grant.terms.presence_ttl,
+        heartbeat_interval_seconds=terms.heartbeat_interval,
+        presence_ttl_seconds=terms.presence_ttl,
         registration_id=grant.registration_id,
+        agent_connection="gateway" if gateway else None,
+        gateway_url=(terms.gateway_url or gateway_url_for(request.url.scheme, request.url.netloc))
+        if gateway
+        else None,
     )
 
 

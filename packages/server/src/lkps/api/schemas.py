@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -152,6 +152,17 @@ class AgentRegisterResponse(BaseModel):
     heartbeat_interval_seconds: int
     presence_ttl_seconds: int
     registration_id: str
+    # Gateway mode only (absent in direct mode): `token` is then a gateway credential.
+    agent_connection: Literal["gateway"] | None = Field(
+        default=None,
+        description=(
+            '"gateway": connect the worker to `gateway_url` + "/agent" with `token`; '
+            "join rooms at `livekit_url`. Absent: connect to `livekit_url` with `token`."
+        ),
+    )
+    gateway_url: str | None = Field(
+        default=None, description="Where the worker's /agent socket connects (ws:// or wss://)."
+    )
 
 
 class RegistrationRef(BaseModel):

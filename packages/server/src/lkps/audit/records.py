@@ -22,6 +22,8 @@ class AuditEvent(StrEnum):
     AGENT_RENEW = "agent.renew"
     AGENT_DEREGISTER = "agent.deregister"
     AGENT_EXPIRE = "agent.expire"
+    # The agent gateway turned a worker connection away (impersonation, protocol).
+    AGENT_WORKER_REFUSED = "agent.worker_refused"
     AUTHZ_OVERRIDE_SET = "admin.authz_override.set"
     AUTHZ_OVERRIDE_CLEAR = "admin.authz_override.clear"
 

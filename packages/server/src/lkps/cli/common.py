@@ -105,4 +105,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_config": None,
         "access_log": False,
         "server_header": False,
+        # The agent gateway's frames: uvicorn refuses larger ones (1009) before reading them.
+        "ws_max_size": settings.agent_gateway_max_message_bytes,
     }

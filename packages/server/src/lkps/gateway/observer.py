@@ -1,0 +1,64 @@
+"""What the relay tells the rest of LKPS about worker connections.
+
+This slice closes the impersonation hole; presence and capacity still come from
+registrations and heartbeats. The next slice makes presence follow the live gateway
+connection (and capacity follow the load each worker reports): it implements this
+protocol and hands it to the relay, which already calls it at every step that matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+from uuid import uuid4
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSession:
+    """One authenticated worker connection: who it is and where it came from."""
+
+    agent_id: str
+    registration_id: str
+    client_ip: str | None
+    connection_id: str = field(default_factory=lambda: uuid4().hex)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """What a worker's `UpdateWorkerStatus` said: `available` is LiveKit's
+    WS_AVAILABLE, `load` in [0, 1]."""
+
+    available: bool
+    load: float
+    job_count: int
+
+
+class WorkerConnectionObserver(Protocol):
+    async def connected(self, worker: WorkerSession) -> None:
+        """The worker's register was accepted by the gateway and sent to LiveKit."""
+
+    async def registered(self, worker: WorkerSession, worker_id: str) -> None:
+        """LiveKit answered the register: the worker can now be dispatched jobs."""
+
+    async def status(self, worker: WorkerSession, status: WorkerStatus) -> None:
+        """The worker reported its status (every few seconds)."""
+
+    async def closed(self, worker: WorkerSession) -> None:
+        """The connection ended, whichever side ended it. Called once, after
+        `connected`, also when the relay was cancelled."""
+
+
+class NoObserver:
+    """This slice's observer: presence still follows registrations and heartbeats."""
+
+    async def connected(self, worker: WorkerSession) -> None:
+        return None
+
+    async def registered(self, worker: WorkerSession, worker_id: str) -> None:
+        return None
+
+    async def status(self, worker: WorkerSession, status: WorkerStatus) -> None:
+        return None
+
+    async def closed(self, worker: WorkerSession) -> None:
+        return None
