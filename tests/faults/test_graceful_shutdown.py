@@ -27,9 +27,11 @@ from tests.faults.traffic import (
     REGISTER,
     SESSION_START,
     Traffic,
+    answered_records,
     granted_sessions_without_record,
     http_client,
     read_audit,
+    rejections_recorded,
 )
 from tests.processes import replicas, run_lkps
 
@@ -112,8 +114,10 @@ async def test_sigterm_finishes_requests_in_flight(
     records = await read_audit(database.url)
     assert granted_sessions_without_record(traffic, records) == []
     audited = [e for e in traffic.exchanges if e.audited]
-    assert len(records) == len(audited) == 2 * IN_FLIGHT
-    assert {r.request_id for r in records} == traffic.request_ids(audited)
+    answered = answered_records(records)
+    assert len(answered) == len(audited) == 2 * IN_FLIGHT
+    assert {r.request_id for r in answered} == traffic.request_ids(audited)
+    assert rejections_recorded(traffic, records) == []
     verified = run_lkps("audit", "verify", env=env, cwd=tmp_path)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert (

@@ -49,7 +49,10 @@ class Exchange:
 
     @property
     def audited(self) -> bool:
-        return self.answered and self.path in AUDITED
+        """Answered with its own audit record. Rejected tokens (401) are recorded at a
+        bounded rate instead (once per source and kind of failure a window), so they
+        are checked apart: `rejections_recorded`."""
+        return self.answered and self.path in AUDITED and self.status != 401
 
     def field(self, name: str) -> Any:
         return self.body.get(name) if isinstance(self.body, dict) else None
@@ -231,3 +234,19 @@ def records_nobody_saw(traffic: Traffic, records: Sequence[AuditRecord]) -> list
         for r in records
         if r.event != "agent.expire" and answered.get(r.request_id or "") != r.status
     ]
+
+
+def answered_records(records: Sequence[AuditRecord]) -> list[AuditRecord]:
+    """The records each answer has one of: all but rejected tokens' (see `audited`)."""
+    return [record for record in records if record.status != 401]
+
+
+def rejections_recorded(traffic: Traffic, records: Sequence[AuditRecord]) -> list[str]:
+    """Problems with the rejected tokens' records: one that no client saw answered 401,
+    or 401s answered with none recorded at all."""
+    rejected = {e.request_id for e in traffic.exchanges if e.path in AUDITED and e.status == 401}
+    recorded = {record.request_id for record in records if record.status == 401}
+    problems = [f"401 record {rid} that no client saw" for rid in recorded - rejected]
+    if rejected and not recorded:
+        problems.append(f"{len(rejected)} rejected tokens and no record of any")
+    return problems
