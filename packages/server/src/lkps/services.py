@@ -43,19 +43,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Services:
-    clock: Clock
     db: Database
     audit: AuditLog
     audit_trail: AuditTrail
     jwks: JwksCache
     identity: TokenValidator
     authorizer: ClientAuthorizer
-    registry: AgentRegistry
     agents: AgentService
     sessions: SessionService
     authorization: AuthorizationService
-    minter: TokenMinter
-    limits: RateLimiter
     sweeper: PresenceSweeper
     # Set when LKPS_AGENT_CONNECTION=gateway.
     gateway: AgentGateway | None = None
@@ -202,7 +198,6 @@ async def running_services(
         )
         authorizer = ClientAuthorizer(source)
         services = Services(
-            clock=clock,
             db=db,
             audit=audit,
             audit_trail=AuditTrail(audit, roles),
@@ -218,7 +213,6 @@ async def running_services(
                 cache_size=settings.verified_token_cache_size,
             ),
             authorizer=authorizer,
-            registry=registry,
             agents=AgentService(
                 registry,
                 overrides,
@@ -246,8 +240,6 @@ async def running_services(
                 participant_token_ttl=settings.participant_token_ttl,
             ),
             authorization=AuthorizationService(overrides, roles),
-            minter=minter,
-            limits=limits,
             sweeper=PresenceSweeper(registry, audit),
             gateway=(
                 build_gateway(settings, audit, minter, gateway_credentials, upstream)
