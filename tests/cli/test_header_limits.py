@@ -14,6 +14,7 @@ import json
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,3 +257,20 @@ def test_lkps_dev_refuses_a_big_head_too(tmp_path: Path) -> None:
     ):
         assert_refused(exchange(port, request(("X-Big", "a" * MB))), "larger than")
         assert_served(exchange(port, request(("X-Fine", "a" * 1000))))
+
+
+@pytest.mark.parametrize("lkps_port", ["httptools"], indirect=True)  # uvicorn's, either parser
+def test_an_idle_connection_outlives_the_clients_keep_alive_expiry(lkps_port: int) -> None:
+    """LKPS_HTTP_KEEP_ALIVE_SECONDS (75 s): a connection idle for longer than httpx's
+    keep-alive expiry (5 s, which was also uvicorn's timeout) is still served. With both at
+    5 s, a client reusing a connection just as the server closed it got no answer at all
+    (a fault test's flood saw one such request in 3,956)."""
+    kept_alive = request().replace(b"Connection: close", b"Connection: keep-alive")
+    client_expiry = httpx.Limits(max_connections=None).keepalive_expiry
+    assert client_expiry is not None
+    with socket.create_connection(("127.0.0.1", lkps_port), timeout=30) as sock:
+        sock.sendall(kept_alive)
+        assert read_answer(sock) == 200
+        time.sleep(client_expiry + 1.0)
+        sock.sendall(kept_alive)
+        assert read_answer(sock) == 200

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     max_header_count: int = Field(default=100, ge=10)
     # uvicorn's HTTP/1.1 parser (uvicorn[standard], which LKPS requires, brings httptools).
     http_implementation: HttpImplementation = "httptools"
+    # How long an idle client connection is kept open. Longer than what sits in front
+    # (a load balancer's idle timeout, often 60 s) and than clients' own keep-alive
+    # expiry (httpx: 5 s): the side that closes an idle connection must be the client,
+    # or a request sent just as the server closes it is lost with no answer. uvicorn's
+    # own default, 5 s, ties with httpx's and loses such requests under steady load.
+    http_keep_alive_seconds: float = Field(default=75.0, gt=0)
     # Gateways whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs
     # or CIDRs; "*" trusts anyone, which only a private network may do). The audit's
     # client_ip is the first address not in this list.

@@ -105,6 +105,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_config": None,
         "access_log": False,
         "server_header": False,
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
         # The agent gateway's frames: uvicorn refuses larger ones (1009) before reading them.
         "ws_max_size": settings.agent_gateway_max_message_bytes,
     }
