@@ -134,6 +134,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
+# The suite runs in parallel (pytest-xdist, `--dist loadgroup`). The tests that load the
+# machine on purpose or count what happens in a time window (floods, kills, real
+# LiveKit dispatch, agent processes) run one after another on one worker, beside the
+# rest: two floods at once would each measure the other.
+SERIAL_TIERS = ("e2e", "faults", "realserver")
+TESTS = Path(__file__).parent
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if item.path.relative_to(TESTS).parts[0] in SERIAL_TIERS:
+        item.add_marker(pytest.mark.xdist_group("serial"))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_backend" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("backends")
