@@ -8,6 +8,7 @@ change is not in effect. The store refuses the change: no record claims it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -238,3 +239,24 @@ async def test_a_refused_change_has_no_record_claiming_it(
     assert "before" not in (record.as_json()["details"] or {})
     assert await override_of(lkps) == 404
     assert await store_sql.scalar(LIVE) == 1
+
+
+async def test_changes_and_session_starts_under_way_together_share_one_intact_chain(
+    lkps: Lkps,
+) -> None:
+    """Changes chain in transactions of their own while the group-commit writer chains
+    session starts: they queue on the chain head, and no record is lost or duplicated."""
+    assert (await lkps.register(enforce_client_authz=False)).status_code == 200
+    agents = [f"00000000-0000-4000-8000-{n:012d}" for n in range(8)]
+    responses = await asyncio.gather(
+        *(lkps.start_session(token=lkps.user_token(f"user{n}")) for n in range(60)),
+        *(put_override(lkps, admin(lkps), agent, enforce_client_authz=True) for agent in agents),
+        *(lkps.register(enforce_client_authz=False) for _ in range(6)),
+    )
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    records = await lkps.audit_records()
+    assert len(records) == 1 + len(responses)
+    assert len({r.record_id for r in records}) == len(records)
+    assert sorted(r.agent_id for r in records if r.event == SET) == agents
+    verification = await lkps.services.audit.verify()
+    assert verification.ok and verification.records_checked == len(records)
