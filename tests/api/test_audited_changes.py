@@ -257,6 +257,6 @@ async def test_changes_and_session_starts_under_way_together_share_one_intact_ch
     records = await lkps.audit_records()
     assert len(records) == 1 + len(responses)
     assert len({r.record_id for r in records}) == len(records)
-    assert sorted(r.agent_id for r in records if r.event == SET) == agents
+    assert sorted(str(r.agent_id) for r in records if r.event == SET) == agents
     verification = await lkps.services.audit.verify()
     assert verification.ok and verification.records_checked == len(records)
