@@ -209,8 +209,37 @@ class StoreSql:
         else:
             await self.execute("DROP TRIGGER audit_records_append_only ON audit_records")
 
+    async def refuse(self, name: str, operation: str, table: str, when: str) -> None:
+        """Make the database refuse `operation` (INSERT, UPDATE, DELETE) on the rows of
+        `table` that match `when` (a condition on NEW or OLD), as a constraint or an
+        operator's trigger would: the statement fails and writes nothing. `name` names
+        the trigger, for `allow`."""
+        if self.backend == "sqlite":
+            await self.execute(
+                f"CREATE TRIGGER {name} BEFORE {operation} ON {table} FOR EACH ROW "
+                f"WHEN {when} BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END"
+            )
+        else:
+            await self.execute(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN RAISE EXCEPTION '{REFUSAL}'; END $$",
+                f"CREATE TRIGGER {name} BEFORE {operation} ON {table} FOR EACH ROW "
+                f"WHEN ({when}) EXECUTE FUNCTION {name}()",
+            )
+
+    async def allow(self, name: str, table: str) -> None:
+        """Drop the refusal `refuse` made under `name`."""
+        if self.backend == "sqlite":
+            await self.execute(f"DROP TRIGGER {name}")
+        else:
+            await self.execute(f"DROP TRIGGER {name} ON {table}", f"DROP FUNCTION {name}()")
+
     async def dispose(self) -> None:
         await self._engine.dispose()
+
+
+# What `StoreSql.refuse`'s triggers answer.
+REFUSAL = "refused by a test trigger"
 
 
 # Refusals, as `StoreSql.execute` raises them.

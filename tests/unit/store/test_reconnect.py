@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from lkps.audit import AuditFilter, AuditLog
 from lkps.store import Database, StoreUnavailable
 from tests.backends import StoreSql, TestDatabase
 from tests.unit.store.postgres_restart import terminate_backends
@@ -191,6 +192,49 @@ async def test_a_transaction_that_failed_on_a_dead_connection_is_retried_once(
     await db.transaction(insert)
     assert attempts == 2
     assert await store_sql.scalar("SELECT count(*) FROM probe") == 2
+
+
+async def test_a_session_that_failed_on_a_dead_connection_is_retried_once(
+    db: Database, database: TestDatabase, store_sql: StoreSql
+) -> None:
+    await store_sql.execute("CREATE TABLE probe (n integer)")
+    await fill_pool(db, 2)
+    terminate_backends(database)
+    attempts = 0
+
+    async def insert(session: AsyncSession) -> None:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(text("INSERT INTO probe VALUES (1)"))
+        await session.execute(text("INSERT INTO probe VALUES (2)"))
+
+    await db.run_in_session(insert)
+    assert attempts == 2
+    assert await store_sql.scalar("SELECT count(*) FROM probe") == 2
+
+
+async def _all_records(audit: AuditLog) -> object:
+    return [record async for record in audit.records()]
+
+
+@pytest.mark.parametrize("read", ["records", "latest", "query", "verify"])
+async def test_audit_reads_on_a_connection_nobody_knows_is_dead_are_retried(
+    db: Database, database: TestDatabase, caplog: pytest.LogCaptureFixture, read: str
+) -> None:
+    """Found in CI: a test's own read of the trail, just after the server ended every
+    connection, met a dead pooled connection and failed, where `read()` retries."""
+    audit = AuditLog(db)
+    reads: dict[str, Callable[[], Awaitable[object]]] = {
+        "records": lambda: _all_records(audit),
+        "latest": lambda: audit.latest(10),
+        "query": lambda: audit.query(AuditFilter(), limit=10),
+        "verify": audit.verify,
+    }
+    await fill_pool(db, 3)
+    assert terminate_backends(database) >= 3
+    with caplog.at_level(logging.INFO, logger="lkps.store.engine"):
+        await reads[read]()
+    assert RETRIED in caplog.text
 
 
 async def test_an_unreachable_server_is_a_store_failure(database: TestDatabase) -> None:

@@ -9,6 +9,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lkps.agents.presence import (
     AgentCounts,
     AgentFacts,
@@ -54,8 +56,10 @@ class AgentRegistry:
         version: str | None = None,
         metadata: dict[str, Any] | None = None,
         worker_connected: bool | None = None,
+        session: AsyncSession | None = None,
     ) -> Registration:
-        """Register a worker, or renew its live registration when it names one.
+        """Register a worker, or renew its live registration when it names one; in
+        `session` when given (the caller commits it, with its audit record).
 
         `worker_connected=False` registers without becoming present (the worker still has
         to connect to LiveKit with the token this returns); None leaves a renewed
@@ -63,7 +67,7 @@ class AgentRegistry:
         now = self._clock.now()
         expires_at = now + self._ttl
         enforce = self._default_enforce if enforce_client_authz is None else enforce_client_authz
-        async with self._db.session() as session:
+        async with self._db.session(within=session) as session:
             await queries.upsert_agent(
                 session,
                 agent_id=agent_id,
@@ -118,9 +122,16 @@ class AgentRegistry:
         return expires_at
 
     async def deregister(
-        self, agent_id: str, registration_id: str | None, *, reason: str = "deregistered"
+        self,
+        agent_id: str,
+        registration_id: str | None,
+        *,
+        reason: str = "deregistered",
+        session: AsyncSession | None = None,
     ) -> list[str]:
-        async with self._db.session() as session:
+        """End the registrations named (one, or all of the agent's); in `session` when
+        given, as `register`."""
+        async with self._db.session(within=session) as session:
             return await queries.end_registrations(
                 session,
                 agent_id=agent_id,
@@ -155,10 +166,10 @@ class AgentRegistry:
         async with self._db.session() as session:
             return await queries.agent_summaries(session, self._clock.now())
 
-    async def claim_expired(self, limit: int = 500) -> list[tuple[str, str]]:
-        async with self._db.session() as session:
+    async def claim_expired(
+        self, limit: int = 500, *, session: AsyncSession | None = None
+    ) -> list[tuple[str, str]]:
+        """End the registrations whose presence lapsed; in `session` when given, as
+        `register`. (registration, agent) pairs."""
+        async with self._db.session(within=session) as session:
             return await queries.claim_expired(session, now=self._clock.now(), limit=limit)
-
-    async def reopen(self, registration_ids: list[str]) -> None:
-        async with self._db.session() as session:
-            await queries.reopen_registrations(session, registration_ids)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lkps.agents.presence import AgentSummary, effective_enforcement
 from lkps.agents.registry import AgentRegistry
 from lkps.audit import AuditEvent, AuditScope
@@ -120,41 +122,46 @@ class AgentService:
         self, agent: AgentIdentity, request: RegistrationRequest, audit: AuditScope
     ) -> AgentGrant:
         """Register one worker process of the agent, or renew the live registration it
-        names, and issue the LiveKit worker token it connects with."""
+        names, and issue the LiveKit worker token it connects with.
+
+        The registration and its audit record are committed together or not at all: no
+        record, no token, and no presence either, or clients would be dispatched to a
+        worker that never received its token (nor a renewal the trail does not show)."""
         await self._limits.check(Limit.REGISTER_PER_AGENT, agent.agent_id)
-        registration = await self._registry.register(
-            agent.agent_id,
-            registration_id=request.registration_id,
-            enforce_client_authz=request.enforce_client_authz,
-            version=request.version,
-            metadata=request.metadata,
-            worker_connected=request.worker_connected,
-        )
-        if not registration.renewed:
-            # No audit record, no token: and no presence either, or clients would be
-            # dispatched to a worker that never received its token.
-            audit.undo_unless_recorded(
-                lambda: self._registry.deregister(
-                    registration.agent_id, registration.registration_id, reason="audit_failed"
-                )
+
+        async def change(session: AsyncSession) -> AgentGrant:
+            registration = await self._registry.register(
+                agent.agent_id,
+                registration_id=request.registration_id,
+                enforce_client_authz=request.enforce_client_authz,
+                version=request.version,
+                metadata=request.metadata,
+                worker_connected=request.worker_connected,
+                session=session,
             )
-        audit.set_registration(registration.registration_id)
+            audit.set_registration(registration.registration_id)
+            token = self._credential(agent, registration.registration_id)
+            audit.detail(
+                enforce_client_authz=registration.enforce_client_authz,
+                version=request.version,
+                token_expires_at=token.expires_at.isoformat(),
+                agent_connection=self.terms.agent_connection,
+                worker_connected=request.worker_connected,
+            )
+            audit.grant(event=AuditEvent.AGENT_RENEW if registration.renewed else None)
+            return AgentGrant(agent.agent_id, registration.registration_id, token, self.terms)
+
+        return await audit.commit(change)
+
+    def _credential(self, agent: AgentIdentity, registration_id: str) -> IssuedToken:
+        """What the worker connects with: signed here, before the registration is
+        committed, so that nothing can fail after it."""
         ttl = timedelta(seconds=self.terms.agent_token_ttl)
         if self._gateway_credentials is not None:
-            token = self._gateway_credentials.issue(
-                agent_id=agent.agent_id, registration_id=registration.registration_id, ttl=ttl
+            return self._gateway_credentials.issue(
+                agent_id=agent.agent_id, registration_id=registration_id, ttl=ttl
             )
-        else:
-            token = self._minter.agent_token(agent_name=agent.agent_id, ttl=ttl)
-        audit.detail(
-            enforce_client_authz=registration.enforce_client_authz,
-            version=request.version,
-            token_expires_at=token.expires_at.isoformat(),
-            agent_connection=self.terms.agent_connection,
-            worker_connected=request.worker_connected,
-        )
-        audit.grant(event=AuditEvent.AGENT_RENEW if registration.renewed else None)
-        return AgentGrant(agent.agent_id, registration.registration_id, token, self.terms)
+        return self._minter.agent_token(agent_name=agent.agent_id, ttl=ttl)
 
     async def heartbeat(
         self,
@@ -171,10 +178,17 @@ class AgentService:
     async def deregister(
         self, agent: AgentIdentity, registration_id: str | None, audit: AuditScope
     ) -> None:
-        """End one registration, or, without an id, all of the agent's registrations."""
+        """End one registration, or, without an id, all of the agent's registrations;
+        committed with its audit record, or not at all."""
         audit.set_registration(registration_id)
-        ended = await self._registry.deregister(agent.agent_id, registration_id)
-        audit.detail(ended_registrations=ended)
+
+        async def change(session: AsyncSession) -> None:
+            ended = await self._registry.deregister(
+                agent.agent_id, registration_id, session=session
+            )
+            audit.detail(ended_registrations=ended)
+
+        await audit.commit(change)
 
     async def overview(self, caller: Caller) -> list[AgentOverview]:
         """Every agent that ever registered, for holders of the admin or auditor role."""

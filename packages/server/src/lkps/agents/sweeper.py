@@ -6,8 +6,10 @@ with the clock. The sweep only reports the lapse.
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lkps.agents.registry import AgentRegistry
-from lkps.audit import AuditEvent, AuditLog, AuditUnavailable
+from lkps.audit import AuditEntry, AuditEvent, AuditLog
 from lkps.metrics import AGENTS_PRESENT, AGENTS_REGISTERED, REGISTRATIONS_LIVE
 
 LAPSED = "no register or heartbeat within the presence TTL"
@@ -27,21 +29,24 @@ class PresenceSweeper:
     async def sweep(self) -> int:
         """Record each registration whose presence lapsed; how many there were.
 
-        The registry claims them atomically (one replica reports each); one that
-        cannot be recorded is handed back, to be claimed again by a later sweep."""
-        expired = await self._registry.claim_expired()
-        for done, (registration_id, agent_id) in enumerate(expired):
-            try:
-                await self._audit.record_event(
+        The registry claims them atomically (one replica reports each), in the
+        transaction that records them: a claim that cannot be recorded is not made, and
+        a later sweep claims it again."""
+
+        async def claim(session: AsyncSession) -> tuple[int, list[AuditEntry]]:
+            expired = await self._registry.claim_expired(session=session)
+            return len(expired), [
+                self._audit.event_entry(
                     AuditEvent.AGENT_EXPIRE,
                     reason=LAPSED,
                     agent_id=agent_id,
                     registration_id=registration_id,
                 )
-            except AuditUnavailable:
-                await self._registry.reopen([r for r, _ in expired[done:]])
-                raise
-        return len(expired)
+                for registration_id, agent_id in expired
+            ]
+
+        claimed, _ = await self._audit.change(claim)
+        return claimed
 
     async def update_gauges(self) -> None:
         counts = await self._registry.counts()

@@ -11,8 +11,12 @@ Leaving the block normally appends a `granted` record; leaving it with an `LKPSE
 appends a `denied` record with that error's status and reason and lets the error
 through; any other exception is recorded as a 500 and replaced by an `InternalError`
 carrying `failure_message`, so no internal text reaches the caller. If the record
-cannot be written the caller gets 503 instead, whatever the outcome was, and any
-change the attempt made is undone first (`undo_unless_recorded`).
+cannot be written the caller gets 503 instead, whatever the outcome was.
+
+An attempt that changes state makes the change through `commit`, as its last step: the
+change and its `granted` record are committed in one transaction, or neither is (then
+the attempt is recorded as denied, with the failure's status, when the trail can be
+written at all).
 
 The use cases fill the record as they go (`set_agent`, `set_room`, ...), each field
 before the step that could fail, so a denial is attributed as far as it got.
@@ -20,22 +24,23 @@ before the step that could fail, so a denial is attributed as far as it got.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from lkps.audit.log import AuditLog, AuditUnavailable
 from lkps.audit.records import AuditEntry, AuditEvent, AuditRecord, Outcome
-from lkps.errors import InternalError, LKPSError, ServiceUnavailable, Unauthenticated
+from lkps.errors import InternalError, LKPSError, Unauthenticated
 from lkps.identity.caller import Caller
 
 log = logging.getLogger("lkps.audit")
 
-Undo = Callable[[], Awaitable[object]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,6 @@ class AuditScope:
         self._failure_message = failure_message
         self._status = granted_status
         self._reason: str | None = None
-        self._undo: list[Undo] = []
         self.entry = AuditEntry(
             event=event,
             outcome=Outcome.GRANTED,
@@ -95,11 +99,32 @@ class AuditScope:
             self.entry.event = event
         self._reason = reason
 
-    def undo_unless_recorded(self, undo: Undo) -> None:
-        """Run `undo` if the record cannot be written: a change the caller is told
-        failed (503) must not stay in effect without its record. A failing `undo`
-        that is itself a store outage is left to expire by itself."""
-        self._undo.append(undo)
+    async def commit(self, change: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Make `change` (on the session it is given) and write this attempt's
+        `granted` record, in one transaction: `change`'s result once both are
+        committed; `AuditUnavailable` (503) when the record could not be, and then the
+        change was not made either.
+
+        The last step of an attempt: `change` fills the record as it goes (`detail`,
+        `grant`, ...), and may run twice (once more on a dead connection), each time
+        from the record as it was before. Whatever fails, the record is left as it was
+        before, to say that the attempt was denied and why.
+        """
+        assert self.record is None, "one attempt, one record"
+        before, reason = _copy(self.entry), self._reason
+
+        async def change_and_grant(session: AsyncSession) -> tuple[T, Sequence[AuditEntry]]:
+            self.entry, self._reason = _copy(before), reason
+            result = await change(session)
+            self._finish(Outcome.GRANTED, self._status, self._reason)
+            return result, [self.entry]
+
+        try:
+            result, (self.record,) = await self._log.change(change_and_grant)
+        except BaseException:
+            self.entry, self._reason = before, reason
+            raise
+        return result
 
     # The block.
 
@@ -112,6 +137,13 @@ class AuditScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        if self.record is not None:
+            # Committed with its change (`commit`): nothing may follow it that fails.
+            if exc is not None:
+                log.error("failure after %s was recorded", self.entry.event, exc_info=exc)
+                if isinstance(exc, Exception) and not isinstance(exc, LKPSError):
+                    raise InternalError(self._failure_message) from exc
+            return False
         if exc is None:
             self._finish(Outcome.GRANTED, self._status, self._reason)
             await self._append()
@@ -142,7 +174,8 @@ class AuditScope:
         try:
             self.record = await self._log.append(self.entry)
         except AuditUnavailable as failure:
-            for undo in reversed(self._undo):
-                with contextlib.suppress(ServiceUnavailable):
-                    await undo()
             raise failure from cause
+
+
+def _copy(entry: AuditEntry) -> AuditEntry:
+    return replace(entry, details=dict(entry.details))

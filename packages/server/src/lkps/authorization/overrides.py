@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lkps.authorization.override import (
     AuthorizationOverride,
     OverrideChange,
@@ -34,7 +36,10 @@ class AuthorizationOverrides:
         enforce_client_authz: bool | None,
         additional_clients: Sequence[str],
         updated_by: str,
+        session: AsyncSession | None = None,
     ) -> OverrideChange:
+        """Set the override, in `session` when given (the caller commits it, with its
+        audit record), else in a transaction of its own."""
         after = AuthorizationOverride(
             agent_id=agent_id,
             enforce_client_authz=enforce_client_authz,
@@ -42,15 +47,16 @@ class AuthorizationOverrides:
             updated_at=self._clock.now(),
             updated_by=updated_by,
         )
-        # `before` is read on its own: a write transaction here always starts with its
-        # write (see lkps.store.engine), and `before` only informs the audit record.
-        before = await self.get(agent_id)
-        async with self._db.session() as session:
-            await queries.put_override(session, after)
+        async with self._db.session(within=session) as changing:
+            # Read before the write, which on SQLite opens the write transaction (the
+            # driver begins one at the first write only; see lkps.store.engine).
+            before = await queries.get_override(changing, agent_id)
+            await queries.put_override(changing, after)
         return OverrideChange(before, after)
 
-    async def clear(self, agent_id: str) -> OverrideChange:
-        before = await self.get(agent_id)
-        async with self._db.session() as session:
-            await queries.delete_override(session, agent_id)
+    async def clear(self, agent_id: str, session: AsyncSession | None = None) -> OverrideChange:
+        """Remove the override; in `session` when given, as `set`."""
+        async with self._db.session(within=session) as changing:
+            before = await queries.get_override(changing, agent_id)
+            await queries.delete_override(changing, agent_id)
         return OverrideChange(before, None)

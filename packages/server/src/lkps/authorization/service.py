@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lkps.audit import AuditScope
 from lkps.authorization.override import AuthorizationOverride
 from lkps.authorization.overrides import AuthorizationOverrides
@@ -51,22 +53,33 @@ class AuthorizationService:
         enforce_client_authz: bool | None,
         additional_clients: Sequence[str],
     ) -> AuthorizationOverride:
-        """Force enforcement on or off, and/or allow further client apps."""
+        """Force enforcement on or off, and/or allow further client apps; committed
+        with its audit record, or not at all."""
         caller = right.caller
-        change = await self.overrides.set(
-            right.agent_id,
-            enforce_client_authz=enforce_client_authz,
-            additional_clients=additional_clients,
-            updated_by=f"{caller.cwid} ({caller.subject_key})",
-        )
-        assert change.after is not None
-        audit.detail(
-            before=change.before.snapshot() if change.before else None,
-            after=change.after.snapshot(),
-        )
-        return change.after
+
+        async def change(session: AsyncSession) -> AuthorizationOverride:
+            change = await self.overrides.set(
+                right.agent_id,
+                enforce_client_authz=enforce_client_authz,
+                additional_clients=additional_clients,
+                updated_by=f"{caller.cwid} ({caller.subject_key})",
+                session=session,
+            )
+            assert change.after is not None
+            audit.detail(
+                before=change.before.snapshot() if change.before else None,
+                after=change.after.snapshot(),
+            )
+            return change.after
+
+        return await audit.commit(change)
 
     async def clear_override(self, right: OverrideChangeRight, audit: AuditScope) -> None:
-        """The agent's registration and the source decide again."""
-        change = await self.overrides.clear(right.agent_id)
-        audit.detail(before=change.before.snapshot() if change.before else None)
+        """The agent's registration and the source decide again; committed with its
+        audit record, or not at all."""
+
+        async def change(session: AsyncSession) -> None:
+            change = await self.overrides.clear(right.agent_id, session=session)
+            audit.detail(before=change.before.snapshot() if change.before else None)
+
+        await audit.commit(change)

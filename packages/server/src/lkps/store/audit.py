@@ -115,7 +115,8 @@ async def append_chained(
     """PostgreSQL: chain `rows` (content columns only) after the head, store them and
     move the head, in one statement; (seq, prev_hash, hash) of each, in order.
 
-    Atomic by itself: run it in autocommit, where its commit is the statement's."""
+    Atomic by itself: the writer runs it in autocommit, where its commit is the
+    statement's; a change recorded with it runs it last in the change's transaction."""
     arrays: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in _CONTENT}
     for part in _TEXT_PARTS:
         arrays[part] = [getattr(hashed, part) for hashed in texts]

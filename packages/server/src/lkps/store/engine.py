@@ -1,7 +1,7 @@
 """The database handle: engine, sessions, and the one place store failures become 503.
 
-Every caller goes through `Database.session()`, `Database.read()` or
-`Database.transaction()`, so a store that is down, locked or misconfigured surfaces as
+Every caller goes through `Database.session()`, `Database.run_in_session()`,
+`Database.read()` or `Database.transaction()`, so a store that is down, locked or misconfigured surfaces as
 `StoreUnavailable` (a 503 with Retry-After), never as a 500.
 """
 
@@ -235,13 +235,35 @@ class Database:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed on success, rolled back on error."""
+    async def session(self, within: AsyncSession | None = None) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on success, rolled back on error; or,
+        `within` a caller's session, that session, whose transaction the caller ends
+        (a change that commits together with its audit record, see `AuditLog.change`)."""
+        if within is not None:
+            yield within
+            return
         try:
             async with self._sessions() as session, session.begin():
                 yield session
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise _unavailable(exc) from exc
+
+    async def run_in_session(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`work`'s result, its session's transaction committed on success.
+
+        Like `transaction()`, run again, once, when a statement of `work` met a dead
+        pooled connection (nothing was committed on it); a failed COMMIT is not retried.
+        `session()` cannot do this (a `with` block cannot run twice), so readers that
+        must survive a restarted server, and changes recorded with their audit record,
+        come through here.
+        """
+        return await self._run(lambda: self._in_session(work))
+
+    async def _in_session(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with self._sessions() as session:
+            async with session.begin():
+                result = await _dead_is_retryable(work(session))
+            return result  # committed on leaving `begin()`; a failure there is not retried
 
     async def read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`work`'s result, on a pooled connection without a transaction of its own.
@@ -249,7 +271,7 @@ class Database:
         For work that only reads, one statement (or statements that need not agree with
         each other): it is run again, once, when the connection turns out to be dead.
         """
-        return await self._run(work, transaction=False)
+        return await self._run(lambda: self._attempt(work, transaction=False))
 
     async def first_row(
         self, statement: AnySelect, parameters: Mapping[str, Any]
@@ -276,7 +298,8 @@ class Database:
         the statement something unique (a record id) if it must not apply twice, since
         a connection can die after the server committed.
         """
-        return await self._run(work, transaction=self.dialect == "sqlite")
+        sqlite = self.dialect == "sqlite"
+        return await self._run(lambda: self._attempt(work, transaction=sqlite))
 
     async def transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`work`'s result, its statements committed together in one transaction.
@@ -285,17 +308,16 @@ class Database:
         dead: the server ends a dead connection's transaction without committing it. A
         failed COMMIT is not retried (it may have been applied): that is a 503.
         """
-        return await self._run(work, transaction=True)
+        return await self._run(lambda: self._attempt(work, transaction=True))
 
-    async def _run(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], *, transaction: bool
-    ) -> T:
+    async def _run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`, once more when it met a dead connection; store failures as 503."""
         try:
             try:
-                return await self._attempt(work, transaction=transaction)
+                return await attempt()
             except _DeadConnection:
                 log.info("pooled connection was dead; retrying on a fresh one")
-                return await self._attempt(work, transaction=transaction)
+                return await attempt()
         except _DeadConnection as exc:
             raise _unavailable(exc.__cause__ or exc) from exc
         except (SQLAlchemyError, asyncpg.PostgresError, OSError, TimeoutError) as exc:

@@ -212,15 +212,6 @@ async def claim_expired(
     return [(row.registration_id, row.agent_id) for row in result]
 
 
-async def reopen_registrations(session: AsyncSession, registration_ids: list[str]) -> None:
-    """Undo `claim_expired` for registrations whose expiry could not be audited."""
-    await session.execute(
-        update(RegistrationRow)
-        .where(RegistrationRow.registration_id.in_(registration_ids))
-        .values(ended_at=None, end_reason=None)
-    )
-
-
 async def agent_counts(session: AsyncSession, now: datetime) -> AgentCounts:
     registered = (await session.execute(select(func.count()).select_from(AgentRow))).scalar_one()
     present, live = (
