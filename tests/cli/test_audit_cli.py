@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lkps.config import Settings
 from tests.backends import StoreSql, TestDatabase
 from tests.conftest import Lkps
 from tests.processes import clean_environment, free_port, run_lkps
@@ -15,14 +16,17 @@ pytestmark = pytest.mark.cli
 
 
 @pytest.fixture
-async def trail(lkps: Lkps, database: TestDatabase) -> dict[str, str]:
-    """Six records written through the API; the environment that points the CLI at them."""
+async def trail(lkps: Lkps, database: TestDatabase, settings: Settings) -> dict[str, str]:
+    """Six records written through the API; the environment that points the CLI at them
+    (with the audit key they were chained with)."""
     registration = (await lkps.register()).json()["registration_id"]
     await lkps.register(registration_id=registration)
     for user in ("alice", "bob", "carol"):
         await lkps.start_session(token=lkps.user_token(user))
     await lkps.deregister()
-    return clean_environment(LKPS_DATABASE_URL=database.url)
+    return clean_environment(
+        LKPS_DATABASE_URL=database.url, LKPS_AUDIT_KEY=settings.audit_key.get_secret_value()
+    )
 
 
 async def tamper(store_sql: StoreSql, statement: str) -> None:

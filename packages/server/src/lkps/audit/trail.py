@@ -8,6 +8,7 @@ import binascii
 from dataclasses import dataclass
 
 from lkps.audit.chain import ChainVerification
+from lkps.audit.checkpoints import Checkpoint, Checkpointer
 from lkps.audit.log import AuditLog
 from lkps.audit.records import AuditFilter, AuditRecord
 from lkps.errors import BadRequest
@@ -37,9 +38,12 @@ def decode_cursor(cursor: str) -> int:
 
 
 class AuditTrail:
-    def __init__(self, log: AuditLog, roles: AppRoles) -> None:
+    def __init__(
+        self, log: AuditLog, roles: AppRoles, checkpointer: Checkpointer | None = None
+    ) -> None:
         self._log = log
         self._roles = roles
+        self._checkpointer = checkpointer
 
     async def search(
         self, caller: Caller, where: AuditFilter, *, limit: int, cursor: str | None
@@ -58,3 +62,10 @@ class AuditTrail:
     async def verify(self, caller: Caller) -> ChainVerification:
         require_role(caller, self._roles.auditor)
         return await self._log.verify()
+
+    async def checkpoints(self, caller: Caller, *, limit: int) -> list[Checkpoint]:
+        """The newest signed checkpoints, newest first (none without a signing key)."""
+        require_role(caller, self._roles.auditor)
+        if self._checkpointer is None:
+            return []
+        return await self._checkpointer.latest(limit)
