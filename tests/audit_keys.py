@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import secrets
 import tempfile
 from pathlib import Path
@@ -10,9 +11,21 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lkps.audit.keys import AuditKeys, parse_key
+
 
 def new_audit_key() -> str:
     return secrets.token_urlsafe(32)
+
+
+def audit_key_for(database_url: str) -> str:
+    """The audit key of test servers on `database_url`: one per store, so that replicas
+    sharing a store chain with one key and a test can verify what they wrote."""
+    return hashlib.sha256(f"lkps-test-audit-key:{database_url}".encode()).hexdigest()
+
+
+def audit_keys_for(database_url: str) -> AuditKeys:
+    return AuditKeys(parse_key(audit_key_for(database_url), "test key"))
 
 
 def write_signing_key(path: Path) -> Path:
