@@ -14,6 +14,7 @@ from lkps.config import Settings
 from lkps.services import running_services
 from lkps.store import Database
 from tests.audit_keys import public_path
+from tests.backends import StoreSql
 from tests.conftest import CLIENT_B, Lkps
 
 pytestmark = pytest.mark.api
@@ -125,3 +126,35 @@ async def test_shutdown_writes_a_last_checkpoint_after_the_last_record(
     finally:
         await db.dispose()
     assert [row["seq"] for row in stored] == [2]
+
+
+async def test_verify_over_the_api_checks_the_stored_checkpoints(
+    lkps: Lkps, store_sql: StoreSql
+) -> None:
+    await lkps.register()
+    await lkps.start_session()
+    await lkps.start_session()
+    assert lkps.services.checkpointer is not None
+    await lkps.services.checkpointer.take()
+    headers = {"Authorization": f"Bearer {auditor(lkps)}"}
+
+    intact = (await lkps.http.get("/api/audit/verify", headers=headers)).json()
+    assert intact["ok"] is True and intact["records_checked"] == 3
+
+    await store_sql.allow_audit_changes()
+    await store_sql.execute(
+        "DELETE FROM audit_records WHERE seq >= 3",
+        "UPDATE audit_chain_head SET seq = 2, "
+        "hash = (SELECT hash FROM audit_records WHERE seq = 2) WHERE id = 1",
+    )
+    rewound = (await lkps.http.get("/api/audit/verify", headers=headers)).json()
+    assert rewound["ok"] is False and rewound["broken_at_seq"] == 3
+    assert "truncated" in rewound["problem"]
+
+    # Moving the stored checkpoint back along with the head breaks its signature.
+    await store_sql.execute(
+        "UPDATE audit_checkpoints SET seq = 2, "
+        "hash = (SELECT hash FROM audit_records WHERE seq = 2)"
+    )
+    forged = (await lkps.http.get("/api/audit/verify", headers=headers)).json()
+    assert forged["ok"] is False and "signature does not verify" in forged["problem"]

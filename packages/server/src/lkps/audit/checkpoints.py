@@ -125,7 +125,8 @@ def signer_id(public_key: Ed25519PublicKey) -> str:
 class CheckpointSigner:
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private_key = private_key
-        self.signer = signer_id(private_key.public_key())
+        self.public_key = private_key.public_key()
+        self.signer = signer_id(self.public_key)
 
     @classmethod
     def from_pem_file(cls, path: Path) -> CheckpointSigner:
@@ -172,19 +173,29 @@ def read_checkpoints(lines: Iterable[str], public_key: Ed25519PublicKey) -> dict
     skipped). A line that does not parse or verify, or two checkpoints that disagree
     about one sequence number, raise `CheckpointError`: a forged or damaged checkpoint
     is itself a finding."""
-    signed: dict[int, str] = {}
+    parsed: list[tuple[str, Checkpoint]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            checkpoint = Checkpoint.from_json(json.loads(line))
+            parsed.append((f"line {number}", Checkpoint.from_json(json.loads(line))))
         except (json.JSONDecodeError, CheckpointError) as error:
             raise CheckpointError(f"checkpoint on line {number}: {error}") from None
+    return signed_heads(parsed, public_key)
+
+
+def signed_heads(
+    checkpoints: Iterable[tuple[str, Checkpoint]], public_key: Ed25519PublicKey
+) -> dict[int, str]:
+    """Sequence number to signed hash, from (where, checkpoint) pairs; `CheckpointError`
+    names the first checkpoint that does not verify or contradicts another."""
+    signed: dict[int, str] = {}
+    for where, checkpoint in checkpoints:
         if not checkpoint.verify(public_key):
-            raise CheckpointError(f"checkpoint on line {number}: signature does not verify")
+            raise CheckpointError(f"checkpoint on {where}: signature does not verify")
         if signed.setdefault(checkpoint.seq, checkpoint.hash) != checkpoint.hash:
             raise CheckpointError(
-                f"checkpoint on line {number}: another checkpoint signed another hash "
+                f"checkpoint on {where}: another checkpoint signed another hash "
                 f"for record {checkpoint.seq}"
             )
     return signed
@@ -212,6 +223,13 @@ class Checkpointer:
 
     async def latest(self, limit: int) -> list[Checkpoint]:
         return await self.stored(self._log, limit)
+
+    async def signed_heads(self, limit: int = 100) -> dict[int, str]:
+        """The newest stored checkpoints made with this signing key (any replica's), as
+        `verify_chain` takes them. One that no longer verifies (changed in the store)
+        raises `CheckpointError`; others' (an earlier signing key) are left out."""
+        own = [c for c in await self.latest(limit) if c.signer == self._signer.signer]
+        return signed_heads(((f"stored record {c.seq}", c) for c in own), self._signer.public_key)
 
     @staticmethod
     async def stored(log: AuditLog, limit: int) -> list[Checkpoint]:
