@@ -236,17 +236,17 @@ class AuditLog:
 
     async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
         key = self.key
+
+        async def work(connection: AsyncConnection) -> list[AuditRecord]:
+            return await chain_and_store(connection, entries, key)
+
         if self._db.dialect == "postgresql":
             # One statement in autocommit: the head stays locked for PostgreSQL's own
             # work only. Locked across round trips, it was held for as long as this
             # process took to come back to each one, under load ~10 ms, while every
             # other process's writer waited (see bench/RESULTS.md).
-            return await self._db.statement(
-                lambda connection: chain_and_store(connection, entries, key)
-            )
-        return await self._db.transaction(
-            lambda connection: chain_and_store(connection, entries, key)
-        )
+            return await self._db.statement(work)
+        return await self._db.transaction(work)
 
     # Reading, for operators.
 
