@@ -37,5 +37,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("audit_checkpoints")
-    with op.batch_alter_table("audit_records") as table:
-        table.drop_column("key_id")
+    # A plain ALTER (SQLite 3.35 and later, PostgreSQL): a batch copy of the table would
+    # drop the append-only triggers with it. Keyed records no longer verify after this.
+    op.execute("ALTER TABLE audit_records DROP COLUMN key_id")
