@@ -334,6 +334,16 @@ def audit_entry(clock: SystemClock, agent_id: str) -> AuditEntry:
     )
 
 
+def audit_keys() -> dict[str, object]:
+    """A keyed chain where the imported LKPS has one (from the keyed audit chain on),
+    as `lkps serve` always runs it; nothing for an earlier LKPS."""
+    if "keys" not in inspect.signature(AuditLog).parameters:
+        return {}
+    from lkps.audit.keys import AuditKeys, chain_key
+
+    return {"keys": AuditKeys(chain_key(b"bench-audit-key-" * 2))}
+
+
 async def lkps_steps(db: Database, backends: Backends, label: str) -> dict[str, Figures]:
     """LKPS's own presence check and audit writer, as the imported `lkps` does them."""
     clock = SystemClock()
@@ -344,7 +354,7 @@ async def lkps_steps(db: Database, backends: Backends, label: str) -> dict[str, 
     results = {
         f"presence, LKPS ({label})": await acpu_us(lambda: registry.presence(agent_id), backends)
     }
-    audit = AuditLog(db)
+    audit = AuditLog(db, **audit_keys())
     await audit.start()
     results[f"audit, LKPS's writer, batches of 1 ({label})"] = await acpu_us(
         lambda: audit.append(audit_entry(clock, agent_id)), backends, 1000

@@ -169,14 +169,21 @@ async def _admin(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def bench_database() -> Iterator[str]:
-    """A fresh database, migrated; dropped on the way out. Yields its name."""
+def bench_database(source: Path | None = None) -> Iterator[str]:
+    """A fresh database, migrated (by the LKPS at `source`, a `packages/server/src`, when
+    given: a baseline's schema may differ); dropped on the way out. Yields its name."""
     name = f"lkps_bench_{secrets.token_hex(4)}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         env = clean_env() | {"LKPS_DATABASE_URL": sqlalchemy_url(name), "LKPS_ENV": "np"}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
         subprocess.run(
-            [str(VENV_BIN / "lkps"), "db", "upgrade"], env=env, check=True, timeout=120, cwd=ROOT
+            [str(VENV_BIN / "python"), "-m", "lkps", "db", "upgrade"],
+            env=env,
+            check=True,
+            timeout=120,
+            cwd=ROOT,
         )
         yield name
     finally:
@@ -345,10 +352,30 @@ def lkps_env(
         "LKPS_RATE_LIMIT_SESSION_PER_USER": "100000000",
         "LKPS_METRICS_PORT": str(metrics_port),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        # The keyed audit chain and its checkpoints (required outside dev; a baseline
+        # from before them ignores both).
+        "LKPS_AUDIT_KEY": secrets.token_urlsafe(32),
+        "LKPS_AUDIT_SIGNING_KEY": str(signing_key(out)),
     }
     if redis:
         env["LKPS_REDIS_URL"] = REDIS_URL
     return env
+
+
+def signing_key(out: Path) -> Path:
+    """An Ed25519 key (PEM) for the audit checkpoints, written once under `out`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = out / "audit-signing.pem"
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.write_bytes(pem)
+    return path
 
 
 def lkps_uvicorn(
@@ -359,24 +386,28 @@ def lkps_uvicorn(
     return ServerSpec(name, "lkps", [str(VENV_BIN / "lkps"), "serve"], env, port, metrics_port)
 
 
-def lkps_baseline(
-    ids: Identities, database: str, workers: int, out: Path, rev: str
-) -> tuple[ServerSpec, Path]:
-    """LKPS as it was at `rev`: its `packages/server/src` (a detached git worktree under
-    `out`) ahead of this checkout's on the path, with this checkout's environment. For
-    before/after figures from one run, on one machine state; the store's schema must be
-    the same at both revisions."""
+def baseline_source(out: Path, rev: str) -> Path:
+    """LKPS as it was at `rev`: a detached git worktree under `out`."""
     source = out / f"baseline-{rev}"
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(source), rev],
         check=True,
         capture_output=True,
     )
+    return source
+
+
+def lkps_baseline(
+    ids: Identities, database: str, workers: int, out: Path, rev: str, source: Path
+) -> ServerSpec:
+    """LKPS at `rev` (its worktree `source`): its `packages/server/src` ahead of this
+    checkout's on the path, with this checkout's environment and a database of its own
+    (migrated by it). For before/after figures from one run, on one machine state."""
     port, metrics_port = free_port(), free_port()
     env = lkps_env(ids, database, port, metrics_port, workers, out, redis=False)
     env["PYTHONPATH"] = str(source / "packages" / "server" / "src")
     argv = [str(VENV_BIN / "python"), "-m", "lkps", "serve"]
-    return ServerSpec(f"lkps-baseline[{rev}]", "lkps", argv, env, port, metrics_port), source
+    return ServerSpec(f"lkps-baseline[{rev}]", "lkps", argv, env, port, metrics_port)
 
 
 def lkps_granian(
@@ -1221,12 +1252,16 @@ def main() -> int:
             if args.profile and not ctx.profile_spy:
                 say("py-spy not found (uv tool install py-spy): no profile")
             if args.baseline:
-                spec, source = lkps_baseline(ids, database, args.workers, out, args.baseline)
+                source = baseline_source(out, args.baseline)
                 stack.callback(
                     subprocess.run,
                     ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(source)],
                     check=False,
                 )
+                baseline_db = stack.enter_context(
+                    bench_database(source / "packages" / "server" / "src")
+                )
+                spec = lkps_baseline(ids, baseline_db, args.workers, out, args.baseline, source)
                 measure_server(ctx, spec, label="empty store", paced_repeats=args.repeats)
             measure_server(
                 ctx,

@@ -23,6 +23,7 @@ from lkps.config import Settings
 from lkps.services import Services
 from lkps.store.migrate import upgrade
 from lkps_testkit import EntraDouble, ServerThread, SigningKey, TlsFiles, generate_tls_files
+from tests.audit_keys import new_audit_key, write_signing_key
 from tests.backends import (
     Backend,
     PostgresServer,
@@ -261,7 +262,11 @@ def authz_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings_values(
-    entra: EntraDouble, entra_server: ServerThread, database: TestDatabase, authz_file: Path
+    entra: EntraDouble,
+    entra_server: ServerThread,
+    database: TestDatabase,
+    authz_file: Path,
+    tmp_path: Path,
 ) -> dict[str, Any]:
     """A non-dev instance trusting the Entra double's tenant. Tests adjust the dict."""
     return {
@@ -275,6 +280,8 @@ def settings_values(
         "authz_source": "file",
         "authz_file": authz_file,
         "database_url": database.url,
+        "audit_key": new_audit_key(),
+        "audit_signing_key": write_signing_key(tmp_path / "audit-signing.pem"),
     }
 
 

@@ -21,6 +21,8 @@ from typing import IO
 
 import httpx
 
+from tests.audit_keys import audit_key_for, shared_signing_key
+
 LKPS = [sys.executable, "-m", "lkps"]
 READY_TIMEOUT = 60.0  # imports alone take a few seconds on a busy 2-core machine
 STOP_TIMEOUT = 30.0
@@ -328,6 +330,8 @@ def serve_environment(
         LKPS_RATE_LIMIT_REGISTER_PER_AGENT="0",
         LKPS_WORKERS="1",
         LKPS_LOG_LEVEL="INFO",
+        LKPS_AUDIT_KEY=audit_key_for(database_url),
+        LKPS_AUDIT_SIGNING_KEY=str(shared_signing_key()),
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if authz_file is not None:

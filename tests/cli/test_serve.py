@@ -10,6 +10,7 @@ import pytest
 
 from lkps.authorization.file import write_authorization_file
 from lkps_testkit import EntraDouble, ServerThread
+from tests.audit_keys import new_audit_key, write_signing_key
 from tests.backends import TestDatabase
 from tests.conftest import AGENT, API_AUDIENCE, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET
 from tests.processes import clean_environment, free_port, lkps_process, process_output, run_lkps
@@ -25,6 +26,8 @@ def test_serve_names_every_missing_setting(tmp_path: Path) -> None:
         "LKPS_LIVEKIT_API_SECRET",
         "LKPS_ENTRA_TENANT_ID",
         "LKPS_ENTRA_AUDIENCES",
+        "LKPS_AUDIT_KEY",
+        "LKPS_AUDIT_SIGNING_KEY",
     ):
         assert name in result.stderr
 
@@ -78,8 +81,35 @@ def servable_environment(
         LKPS_AUTHZ_SOURCE="file",
         LKPS_AUTHZ_FILE=str(authz),
         LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+        LKPS_AUDIT_KEY=new_audit_key(),
+        LKPS_AUDIT_SIGNING_KEY=str(write_signing_key(tmp_path / "audit-signing.pem")),
     )
     return clean_environment(**{**defaults, **variables})
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"LKPS_AUDIT_KEY": "too-short"}, "LKPS_AUDIT_KEY must be at least 32 characters"),
+        (
+            {"LKPS_AUDIT_SIGNING_KEY": "/nonexistent/key.pem"},
+            "LKPS_AUDIT_SIGNING_KEY /nonexistent/key.pem is not a readable PEM private key",
+        ),
+    ],
+    ids=["short-audit-key", "missing-signing-key"],
+)
+def test_serve_refuses_bad_audit_keys_in_one_line(
+    tmp_path: Path,
+    entra: EntraDouble,
+    entra_server: ServerThread,
+    variables: dict[str, str],
+    message: str,
+) -> None:
+    env = servable_environment(tmp_path, entra, entra_server, **variables)
+    result = run_lkps("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"cannot serve: {message}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_serve_runs_the_service(

@@ -17,6 +17,7 @@ import httpx
 
 from lkps.audit import AuditLog, AuditRecord, ChainVerification
 from lkps.store import Database
+from tests.audit_keys import audit_keys_for
 from tests.processes import Replica
 
 SESSION_START = "/api/session/start"
@@ -190,10 +191,11 @@ async def read_audit(database_url: str) -> list[AuditRecord]:
 
 
 async def verify_audit(database_url: str) -> ChainVerification:
-    """What `lkps audit verify` checks, in this process (the CLI costs a start-up)."""
+    """What `lkps audit verify` checks, in this process (the CLI costs a start-up), with
+    the audit key of the test servers on that store."""
     db = Database.from_url(database_url, pool_size=1)
     try:
-        return await AuditLog(db).verify()
+        return await AuditLog(db, keys=audit_keys_for(database_url)).verify()
     finally:
         await db.dispose()
 

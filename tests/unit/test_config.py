@@ -22,6 +22,8 @@ def servable(**overrides: object) -> Settings:
         "entra_audiences": "api://lkps, 5c1f3d9e-0a7b-4c2d-9e8f-112233445566",
         "entra_client_id": "5c1f3d9e-0a7b-4c2d-9e8f-112233445566",
         "entra_client_secret": "graph-secret",
+        "audit_key": "a" * 32,
+        "audit_signing_key": "audit-signing.pem",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -102,6 +104,15 @@ def test_non_dev_instances_never_trust_the_dev_identity_provider(env: str) -> No
         servable(env=env, entra_audiences=DEV_AUDIENCE).check_servable()
     with pytest.raises(ConfigurationError, match="development"):
         servable(env=env, entra_jwks_url="http://127.0.0.1:8080/dev/idp/x/keys").check_servable()
+
+
+@pytest.mark.parametrize("env", ["np", "prod"])
+def test_audit_keys_are_required_outside_dev(env: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        servable(env=env, audit_key="", audit_signing_key=None).check_servable()
+    assert "LKPS_AUDIT_KEY or LKPS_AUDIT_KEY_FILE is required" in str(refused.value)
+    assert "LKPS_AUDIT_SIGNING_KEY is required" in str(refused.value)
+    servable(env=env, audit_key="", audit_key_file="audit.key").check_servable()
 
 
 def test_short_livekit_secret_is_refused_outside_dev() -> None:

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from lkps.api.schemas import AuditRecordModel
-from lkps.audit.chain import GENESIS_HASH, HASHED_FIELDS, record_hash
+from lkps.audit.chain import GENESIS_HASH, HASHED_FIELDS, ChainKey, record_hash
 from lkps.audit.records import ENTRY_FIELDS, RECORD_FIELDS, AuditFilter
 from lkps.store.models import AuditRecordRow
 from lkps_client._models import AuditRecord as ClientAuditRecord
 
 pytestmark = pytest.mark.unit
 
-LINKS = ("seq", "prev_hash", "hash")
+LINKS = ("seq", "prev_hash", "hash", "key_id")
 
 
 def test_a_stored_record_is_an_entry_and_its_links() -> None:
@@ -53,7 +53,7 @@ def test_filters_name_record_fields() -> None:
 
 def _fields() -> dict[str, Any]:
     values: dict[str, Any] = dict.fromkeys(HASHED_FIELDS, "x")
-    values.update(seq=7, status=200, prev_hash=GENESIS_HASH, details='{"a":1}')
+    values.update(seq=7, status=200, prev_hash=GENESIS_HASH, details='{"a":1}', key_id=None)
     values["occurred_at"] = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
     return values
 
@@ -68,6 +68,13 @@ def test_each_hashed_field_changes_the_hash(name: str) -> None:
         changed[name] = original[name] + 1
     elif name == "prev_hash":
         changed[name] = "1" * 64
+    elif name == "key_id":
+        # The key id is hashed too: a record cannot be moved under another key's name.
+        key = ChainKey("x", b"k" * 32)
+        renamed = ChainKey("y", key.secret)
+        original["key_id"], changed["key_id"] = "x", "y"
+        assert record_hash(changed, renamed) != record_hash(original, key)
+        return
     else:
         changed[name] = "y"
     assert record_hash(changed) != record_hash(original)

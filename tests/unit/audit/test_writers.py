@@ -19,12 +19,17 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, AuditRecord, AuditUnavailable, Outcome
+from lkps.audit.keys import AuditKeys, chain_key
 from lkps.store import Database, StoreUnavailable
 from lkps.store import audit as queries
 from tests.backends import StoreSql, TestDatabase
 from tests.unit.store.postgres_restart import terminate_backends
 
 pytestmark = pytest.mark.e2e
+
+# Writers chain under an audit key, as `lkps serve` always runs them (on PostgreSQL the
+# HMACs are computed in the append statement).
+KEYS = AuditKeys(chain_key(b"writers-test-audit-key-" * 2))
 
 
 def entry(**fields: object) -> AuditEntry:
@@ -44,7 +49,7 @@ def entry(**fields: object) -> AuditEntry:
 
 async def append_all(db: Database, count: int, *, at_once: int = 8) -> list[AuditRecord]:
     """`count` records through one writer, `at_once` requests waiting at a time."""
-    audit = AuditLog(db)
+    audit = AuditLog(db, keys=KEYS)
     await audit.start()
     records: list[AuditRecord] = []
     try:
@@ -68,7 +73,7 @@ def append_in_another_process(url: str, count: int) -> list[str]:
 
 
 async def stored(db: Database) -> list[AuditRecord]:
-    return [record async for record in AuditLog(db).records()]
+    return [record async for record in AuditLog(db, keys=KEYS).records()]
 
 
 @pytest.fixture
@@ -79,7 +84,7 @@ async def db(database: TestDatabase) -> AsyncIterator[Database]:
 
 
 async def assert_one_chain(db: Database, record_ids: set[str]) -> None:
-    verification = await AuditLog(db).verify()
+    verification = await AuditLog(db, keys=KEYS).verify()
     assert verification.ok, verification.describe()
     records = await stored(db)
     assert [r.seq for r in records] == list(range(1, len(record_ids) + 1))
@@ -121,7 +126,7 @@ async def test_a_batch_stores_exactly_what_was_hashed(db: Database) -> None:
     text that looks like the hashed text's own links (PostgreSQL fills them in)."""
     awkward = "x\x00y\ue000e\ue0000"
     links = '"prev_hash":"" "seq":0 \\" \u2028 \U0001f600 ü \x7f'
-    audit = AuditLog(db)
+    audit = AuditLog(db, keys=KEYS)
     await audit.start()
     try:
         returned = await asyncio.gather(
@@ -144,7 +149,7 @@ async def test_an_over_long_value_is_refused_not_cut_short(
     (`AuditLog.append` bounds every value before it is queued, marking the cut, so this
     is the store's own guard beneath that: a value must never be stored other than
     hashed.)"""
-    audit = AuditLog(db)
+    audit = AuditLog(db, keys=KEYS)
     with pytest.raises(StoreUnavailable) as refused:
         await audit._write([entry(room_name="r" * 513)])
     assert refused.value.refused_the_data
@@ -173,7 +178,7 @@ async def test_the_writer_outlives_a_batch_that_failed_unexpectedly(
 ) -> None:
     """A batch that fails in any way fails closed (503 for its requests); the writer goes
     on, instead of dying and leaving every later request waiting."""
-    audit = AuditLog(db)
+    audit = AuditLog(db, keys=KEYS)
     original = AuditLog._write
     calls = 0
 
@@ -209,7 +214,7 @@ async def test_a_hash_the_store_computed_differently_fails_the_batch(
         return [(seq, prev, "0" * 64) for seq, prev, _ in await original(*args)]
 
     monkeypatch.setattr(queries, "append_chained", other_bytes)
-    audit = AuditLog(db)
+    audit = AuditLog(db, keys=KEYS)
     await audit.start()
     try:
         with pytest.raises(AuditUnavailable):

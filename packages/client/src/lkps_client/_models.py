@@ -133,6 +133,7 @@ class AuditRecord:
     details: Mapping[str, Any] = field(hash=False)
     prev_hash: str
     hash: str
+    key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,7 @@ def parse_audit_record(value: Any) -> AuditRecord:
         details=dict(_object(document.get("details") or {})),
         prev_hash=_str(document, "prev_hash"),
         hash=_str(document, "hash"),
+        key_id=_opt_str(document, "key_id"),
     )
 
 

@@ -100,6 +100,15 @@ class Settings(BaseSettings):
     # per process: an unauthenticated flood cannot grow the trail faster than that.
     audit_rejection_window_seconds: float = Field(default=60.0, gt=0)
     audit_rejections_per_window: int = Field(default=300, ge=1)
+    # Tamper evidence (lkps.audit.keys, lkps.audit.checkpoints): the chain's HMAC key,
+    # given as its text or as a file holding it (one of the two; required outside dev),
+    # keys it replaced (files, comma-separated: they only verify), the Ed25519 private
+    # key (PEM file) that signs checkpoints (required outside dev), and how often.
+    audit_key: SecretStr = SecretStr("")
+    audit_key_file: Path | None = None
+    audit_previous_key_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    audit_signing_key: Path | None = None
+    audit_checkpoint_seconds: float = Field(default=60.0, ge=1.0, le=86_400)
     # Shared state across replicas (rate-limit counters). Optional: without it each
     # replica limits on its own.
     redis_url: str = ""
@@ -177,7 +186,13 @@ class Settings(BaseSettings):
             raise ConfigurationError(f"LKPS_CONFIG_FILE {config_file} is not a readable file")
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, config_file))
 
-    @field_validator("entra_audiences", "cwid_claims", "cors_allow_origins", mode="before")
+    @field_validator(
+        "entra_audiences",
+        "cwid_claims",
+        "cors_allow_origins",
+        "audit_previous_key_files",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
@@ -272,6 +287,10 @@ class Settings(BaseSettings):
         if self.database_url.startswith("sqlite") and self.workers > 1:
             problems.append("SQLite serves one worker process; use PostgreSQL for LKPS_WORKERS>1")
         if not self.is_dev:
+            if not (self.audit_key.get_secret_value() or self.audit_key_file):
+                problems.append("LKPS_AUDIT_KEY or LKPS_AUDIT_KEY_FILE is required outside dev")
+            if self.audit_signing_key is None:
+                problems.append("LKPS_AUDIT_SIGNING_KEY is required outside dev")
             if self.entra_tenant_id == DEV_TENANT_ID:
                 problems.append("the development tenant is only trusted with LKPS_ENV=dev")
             if DEV_JWKS_PATH in self.jwks_url or DEV_AUDIENCE in self.entra_audiences:

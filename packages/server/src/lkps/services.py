@@ -15,6 +15,8 @@ import httpx
 
 from lkps.agents import AgentRegistry, AgentService, AgentTerms, PresenceSweeper
 from lkps.audit import AuditEvent, AuditLog, AuditScope, AuditTrail, RequestContext
+from lkps.audit.checkpoints import Checkpointer, CheckpointSigner
+from lkps.audit.keys import load_audit_keys
 from lkps.audit.rejections import RejectionRate
 from lkps.authorization import AuthorizationSource, ClientAuthorizer, FileAuthorizationSource
 from lkps.authorization.graph import graph_source_from_settings
@@ -56,6 +58,8 @@ class Services:
     # Set when LKPS_AGENT_CONNECTION=gateway.
     gateway: AgentGateway | None = None
     background: BackgroundJobs = field(default_factory=BackgroundJobs)
+    # Set when LKPS_AUDIT_SIGNING_KEY is.
+    checkpointer: Checkpointer | None = None
 
     def audit_scope(
         self,
@@ -149,8 +153,14 @@ async def running_services(
             pool_size=settings.database_pool_size,
         )
         teardown.push_async_callback(_shutdown_step, "dispose of the database", db.dispose)
+        audit_keys = load_audit_keys(settings)
+        if audit_keys is None:
+            raise ConfigurationError(
+                "LKPS_AUDIT_KEY or LKPS_AUDIT_KEY_FILE is required outside dev"
+            )
         audit = AuditLog(
             db,
+            keys=audit_keys,
             clock=clock,
             observers=[count_session_start],
             rejections=RejectionRate(
@@ -197,10 +207,16 @@ async def running_services(
             _shutdown_step, "close the gateway's LiveKit client", upstream.aclose
         )
         authorizer = ClientAuthorizer(source)
+        checkpointer = (
+            Checkpointer(audit, CheckpointSigner.from_pem_file(settings.audit_signing_key), clock)
+            if settings.audit_signing_key is not None
+            else None
+        )
         services = Services(
             db=db,
             audit=audit,
-            audit_trail=AuditTrail(audit, roles),
+            audit_trail=AuditTrail(audit, roles, checkpointer),
+            checkpointer=checkpointer,
             jwks=jwks,
             identity=TokenValidator(
                 jwks,
@@ -247,6 +263,12 @@ async def running_services(
                 else None
             ),
         )
+        if checkpointer is not None:
+            # Runs after the writer has stopped (the teardown runs in reverse): the last
+            # checkpoint covers the last record.
+            teardown.push_async_callback(
+                _shutdown_step, "write the last audit checkpoint", checkpointer.take
+            )
         await audit.start()
         teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
         await jwks.refresh()
@@ -260,6 +282,10 @@ async def running_services(
         services.background.every(
             "lkps-presence-sweeper", services.sweeper.run_once, max(1.0, settings.presence_ttl / 3)
         )
+        if checkpointer is not None:
+            services.background.every(
+                "lkps-audit-checkpoint", checkpointer.take, settings.audit_checkpoint_seconds
+            )
         yield services
 
 

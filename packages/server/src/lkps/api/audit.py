@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from lkps.api.deps import BearerDoc, ServicesDep, authenticate
 from lkps.api.openapi import error_responses
-from lkps.api.schemas import AgentId, AuditPage, ChainReport
+from lkps.api.schemas import AgentId, AuditPage, ChainReport, CheckpointList
 from lkps.audit import AuditEvent, AuditFilter, Outcome
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
@@ -114,3 +114,21 @@ async def verify_audit(request: Request, services: ServicesDep) -> ChainReport:
         broken_at_seq=result.broken_at_seq,
         problem=result.problem,
     )
+
+
+@router.get(
+    "/checkpoints",
+    response_model=CheckpointList,
+    dependencies=[BearerDoc],
+    responses=error_responses(400, 401, 403, 503),
+)
+async def audit_checkpoints(
+    request: Request,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> JSONResponse:
+    """The newest signed checkpoints of the chain head, newest first: one JSON object a
+    line of them is what `lkps audit verify --checkpoints` reads (docs/audit.md)."""
+    caller = await authenticate(request, services)
+    checkpoints = await services.audit_trail.checkpoints(caller, limit=limit)
+    return JSONResponse({"checkpoints": [checkpoint.as_json() for checkpoint in checkpoints]})

@@ -253,12 +253,33 @@ class AuditRecordModel(BaseModel):
     client_ip: str | None
     details: dict[str, Any]
     prev_hash: str = Field(description="The previous record's `hash` (64 zeros for the first)")
-    hash: str = Field(description="SHA-256 over this record's canonical JSON and `prev_hash`")
+    hash: str = Field(
+        description="HMAC-SHA256 (under the audit key named by `key_id`; plain SHA-256 "
+        "for records chained before keys) over this record's canonical JSON and `prev_hash`"
+    )
+    key_id: str | None = Field(
+        default=None, description="Id of the audit key that chained the record (null: unkeyed)"
+    )
 
 
 class AuditPage(BaseModel):
     records: list[AuditRecordModel]
     next_cursor: str | None = Field(description="Pass back as `cursor` for older records")
+
+
+class CheckpointModel(BaseModel):
+    """A signed checkpoint of the chain head (docs/audit.md, "Signed checkpoints")."""
+
+    seq: int = Field(description="The chain head's sequence number when signed")
+    hash: str = Field(description="The chain head's hash when signed")
+    time: str = Field(description="When it was signed (UTC, microseconds)")
+    key_id: str | None = Field(description="The audit key this replica chains with")
+    signer: str = Field(description="First 16 hex digits of SHA-256 of the Ed25519 public key")
+    signature: str = Field(description="Ed25519 signature, base64url without padding")
+
+
+class CheckpointList(BaseModel):
+    checkpoints: list[CheckpointModel]
 
 
 class ChainReport(BaseModel):

@@ -9,7 +9,7 @@ failed commit fails every request in that batch with 503.
 A request that changes state (an override, a registration) records it with `change`
 instead: the change and its record are committed in one transaction of their own, or
 neither is. That transaction chains through the same function as the writer
-(`_chain_on`), locking the chain head after the change, so it queues with the writer's
+(`chain_and_store`), locking the chain head after the change, so it queues with the writer's
 batches on that lock and holds it only for the append and the commit.
 """
 
@@ -26,12 +26,15 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lkps.audit.chain import (
+    ChainKey,
     ChainVerification,
     canonical_json,
     hashed_text,
+    hmac_pads,
     record_hash,
     verify_chain,
 )
+from lkps.audit.keys import AuditKeys
 from lkps.audit.records import (
     ENTRY_FIELDS,
     AuditEntry,
@@ -94,10 +97,14 @@ class AuditLog:
         clock: Clock | None = None,
         observers: Iterable[RecordObserver] = (),
         rejections: RejectionRate | None = None,
+        keys: AuditKeys | None = None,
         max_batch: int = 256,
         write_timeout: float = 10.0,
     ) -> None:
+        """`keys`: the audit keys (`lkps.audit.keys.load_audit_keys`); None only where
+        settings allow it (tools, tests): records are then chained unkeyed."""
         self._db = db
+        self.keys = keys
         self.clock: Clock = clock or SystemClock()
         self._observers = (count_record, *observers)
         self.rejections = rejections or RejectionRate(self.clock)
@@ -165,7 +172,7 @@ class AuditLog:
             entries = changed  # from here on, a failure is the records'
             for entry in entries:
                 bound(entry)
-            records = await _chain_on(await session.connection(), list(entries))
+            records = await chain_and_store(await session.connection(), list(entries), self.key)
             return result, records
 
         try:
@@ -276,14 +283,24 @@ class AuditLog:
         AUDIT_BATCH.observe(len(batch))
         return None
 
+    @property
+    def key(self) -> ChainKey | None:
+        """The key new records are chained with."""
+        return self.keys.current if self.keys else None
+
     async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
+        key = self.key
+
+        async def work(connection: AsyncConnection) -> list[AuditRecord]:
+            return await chain_and_store(connection, entries, key)
+
         if self._db.dialect == "postgresql":
             # One statement in autocommit: the head stays locked for PostgreSQL's own
             # work only. Locked across round trips, it was held for as long as this
             # process took to come back to each one, under load ~10 ms, while every
             # other process's writer waited (see bench/RESULTS.md).
-            return await self._db.statement(lambda connection: _chain_on(connection, entries))
-        return await self._db.transaction(lambda connection: _chain_on(connection, entries))
+            return await self._db.statement(work)
+        return await self._db.transaction(work)
 
     # Reading, for operators.
 
@@ -315,10 +332,34 @@ class AuditLog:
             )
         )
 
-    async def verify(self) -> ChainVerification:
-        head_seq, head_hash = await self._db.run_in_session(queries.read_chain_head)
+    async def head(self) -> tuple[int, str]:
+        """The chain head: its sequence number and hash."""
+        return await self._db.run_in_session(queries.read_chain_head)
+
+    async def store_checkpoint(self, row: dict[str, Any]) -> None:
+        async with self._db.session() as session:
+            await queries.add_checkpoint(session, row)
+
+    async def checkpoints(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` stored checkpoints, newest first, as stored."""
+        return await self._db.run_in_session(
+            lambda session: queries.latest_checkpoints(session, limit)
+        )
+
+    async def verify(
+        self, *, legacy_until: int = 0, checkpoints: dict[int, str] | None = None
+    ) -> ChainVerification:
+        """Verify the chain with this log's keys (see `verify_chain`)."""
+        head_seq, head_hash = await self.head()
         # Records appended while we read lie beyond the head we saw; leave them out.
-        return await verify_chain(self.records(up_to=head_seq), head_seq, head_hash)
+        return await verify_chain(
+            self.records(up_to=head_seq),
+            head_seq,
+            head_hash,
+            keys=self.keys.by_id() if self.keys else None,
+            legacy_until=legacy_until,
+            checkpoints=checkpoints,
+        )
 
 
 # Label children by label values (bounded: events and outcomes): `.labels()` validates
@@ -334,13 +375,28 @@ def count_record(entry: AuditEntry) -> None:
     counter.inc()
 
 
-def _row(entry: AuditEntry) -> dict[str, Any]:
+async def chain_and_store(
+    connection: AsyncConnection, entries: list[AuditEntry], key: ChainKey | None
+) -> list[AuditRecord]:
+    """THE chaining: lock the chain head, chain `entries` after it under `key` (None:
+    unkeyed), store them and move the head, on `connection`. Every writer of records
+    comes through here, whichever engine and whatever transaction it runs in: in its
+    own (the group-commit writer) or in one that also holds a state change."""
+    if not entries:
+        return []
+    if connection.dialect.name == "postgresql":
+        return await _chain_in_store(connection, entries, key)
+    return await _chain(connection, entries, key)
+
+
+def _row(entry: AuditEntry, key: ChainKey | None) -> dict[str, Any]:
     # A shallow copy: `dataclasses.asdict` deep-copies, which cost more than the insert
     # itself, and the one mutable field (`details`) is replaced just below.
     row = {name: getattr(entry, name) for name in ENTRY_FIELDS}
     row["event"] = str(entry.event)
     row["outcome"] = str(entry.outcome)
     row["details"] = canonical_json(entry.details) if entry.details else None
+    row["key_id"] = key.key_id if key else None
     return row
 
 
@@ -352,45 +408,42 @@ def _refused(entry: AuditEntry, failure: AuditUnavailable) -> None:
     )
 
 
-async def _chain_on(connection: AsyncConnection, entries: list[AuditEntry]) -> list[AuditRecord]:
-    """The one way records join the chain, for the writer's batches and for changes
-    recorded in their own transaction alike: in the store on PostgreSQL, here on SQLite."""
-    if not entries:
-        return []
-    if connection.dialect.name == "postgresql":
-        return await _chain_in_store(connection, entries)
-    return await _chain(connection, entries)
-
-
-async def _chain(connection: AsyncConnection, entries: list[AuditEntry]) -> list[AuditRecord]:
-    """Lock the chain head, chain `entries` after it, store them and move the head, in
-    the caller's transaction. Sequence numbers and hashes are computed here, under the
-    lock, so a retry on a fresh connection chains from the head as it is then."""
+async def _chain(
+    connection: AsyncConnection, entries: list[AuditEntry], key: ChainKey | None
+) -> list[AuditRecord]:
+    """SQLite: lock the chain head, chain `entries` after it, store them and move the
+    head, in the caller's transaction. Sequence numbers and hashes are computed here,
+    under the lock, so a retry on a fresh connection chains from the head as it is then."""
     seq, previous = await queries.lock_chain_head(connection)
     rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
-        row = _row(entry)
+        row = _row(entry, key)
         row["seq"] = seq
         row["prev_hash"] = previous
-        row["hash"] = previous = record_hash(row)
+        row["hash"] = previous = record_hash(row, key)
         rows.append(row)
     await queries.append_records(connection, rows, seq, previous)
     return [AuditRecord(**row) for row in rows]
 
 
 async def _chain_in_store(
-    connection: AsyncConnection, entries: list[AuditEntry]
+    connection: AsyncConnection, entries: list[AuditEntry], key: ChainKey | None
 ) -> list[AuditRecord]:
-    """Have the store chain `entries` after its head, under its own lock, and check each
-    hash it computed against this process's: a store that hashed other bytes (an
-    encoding conversion) would otherwise show up only when the chain is verified."""
-    rows = [_row(entry) for entry in entries]
+    """PostgreSQL: have the store chain `entries` after its head, under its own lock,
+    from each record's own HMAC key (never the audit key), and check each hash it
+    computed against this process's: a store that hashed other bytes (an encoding
+    conversion) would otherwise show up only when the chain is verified."""
+    rows = [_row(entry, key) for entry in entries]
     texts = [hashed_text(row) for row in rows]
-    links = await queries.append_chained(connection, rows, texts)
+    record_keys = [key.record_key(row["record_id"]) if key else None for row in rows]
+    pads = [hmac_pads(record_key) if record_key else None for record_key in record_keys]
+    links = await queries.append_chained(connection, rows, texts, pads)
     records: list[AuditRecord] = []
-    for row, hashed, (seq, previous, hash_) in zip(rows, texts, links, strict=True):
-        if hashed.hash(previous, seq) != hash_:
+    for row, hashed, record_key, (seq, previous, hash_) in zip(
+        rows, texts, record_keys, links, strict=True
+    ):
+        if hashed.hash(previous, seq, record_key) != hash_:
             log.critical("the store hashed audit record %s differently", seq)
             raise AuditUnavailable("store computed a different hash")
         records.append(AuditRecord(**row, seq=seq, prev_hash=previous, hash=hash_))

@@ -97,6 +97,9 @@ class AuditRecord:
     details: str | None
     prev_hash: str
     hash: str
+    # Which audit key chained the record (`lkps.audit.keys`); None for records chained
+    # before the chain was keyed (plain SHA-256). Set by the chaining, like the links.
+    key_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         document = {name: getattr(self, name) for name in self.__dataclass_fields__}

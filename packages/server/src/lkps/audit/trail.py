@@ -8,6 +8,7 @@ import binascii
 from dataclasses import dataclass
 
 from lkps.audit.chain import ChainVerification
+from lkps.audit.checkpoints import Checkpoint, Checkpointer, CheckpointError
 from lkps.audit.log import AuditLog
 from lkps.audit.records import AuditFilter, AuditRecord
 from lkps.errors import BadRequest
@@ -37,9 +38,12 @@ def decode_cursor(cursor: str) -> int:
 
 
 class AuditTrail:
-    def __init__(self, log: AuditLog, roles: AppRoles) -> None:
+    def __init__(
+        self, log: AuditLog, roles: AppRoles, checkpointer: Checkpointer | None = None
+    ) -> None:
         self._log = log
         self._roles = roles
+        self._checkpointer = checkpointer
 
     async def search(
         self, caller: Caller, where: AuditFilter, *, limit: int, cursor: str | None
@@ -56,5 +60,21 @@ class AuditTrail:
         return AuditPage(page, encode_cursor(page[-1].seq) if more else None)
 
     async def verify(self, caller: Caller) -> ChainVerification:
+        """The chain, with this LKPS's audit keys and against its own stored checkpoints:
+        a tail removed with the head rewound shows while a checkpoint past it is still
+        stored, and records from before the chain was keyed pass once one covers them."""
         require_role(caller, self._roles.auditor)
-        return await self._log.verify()
+        signed = None
+        if self._checkpointer is not None:
+            try:
+                signed = await self._checkpointer.signed_heads()
+            except CheckpointError as error:
+                return ChainVerification(False, 0, 0, None, str(error))
+        return await self._log.verify(checkpoints=signed)
+
+    async def checkpoints(self, caller: Caller, *, limit: int) -> list[Checkpoint]:
+        """The newest signed checkpoints, newest first (none without a signing key)."""
+        require_role(caller, self._roles.auditor)
+        if self._checkpointer is None:
+            return []
+        return await self._checkpointer.latest(limit)

@@ -1,7 +1,10 @@
-"""`lkps audit verify | tail | search | export`: the operator's view of the trail.
+"""`lkps audit verify | tail | search | export | checkpoints`: the operator's view of the
+trail.
 
 Each command reads the local store (LKPS_DATABASE_URL) or, given `--url`/`--env`, a
-running LKPS through its audit API (app role LKPS.Auditor).
+running LKPS through its audit API (app role LKPS.Auditor). Read locally, the chain is
+verified with the audit keys of the settings (LKPS_AUDIT_KEY and its previous keys) and,
+given `--checkpoints`, against signed checkpoints with the public key alone.
 """
 
 from __future__ import annotations
@@ -46,17 +49,23 @@ UNTIL_OPTION = typer.Option(None, "--until", help="ISO 8601 with a time zone (ex
 def _with_log(action: Callable[[AuditLog], Awaitable[T]]) -> T:
     # Imported here so that `lkps --help` and `lkps dev token` start quickly.
     from lkps.audit import AuditLog
+    from lkps.audit.keys import load_audit_keys
+    from lkps.config import ConfigurationError
     from lkps.store import Database
 
     settings = load_settings()
     url = existing_database(settings, elsewhere=", or ask a running LKPS with --url")
+    try:
+        keys = load_audit_keys(settings)
+    except ConfigurationError as error:
+        fail(str(error))
 
     async def go() -> T:
         if await read_revision(url) is None:
             fail(f"no LKPS schema at {shown_database(url)}: start LKPS or run `lkps db upgrade`")
         db = Database.from_url(url, timeout=settings.database_timeout_seconds)
         try:
-            return await action(AuditLog(db))
+            return await action(AuditLog(db, keys=keys))
         finally:
             await db.dispose()
 
@@ -65,9 +74,38 @@ def _with_log(action: Callable[[AuditLog], Awaitable[T]]) -> T:
 
 @app.command("verify")
 @remote_command
-def verify(*, remote: Remote) -> None:
-    """Check the hash chain; exit 1 and name the first broken link if it is broken."""
+def verify(
+    checkpoints: Path | None = typer.Option(
+        None,
+        "--checkpoints",
+        help="Signed checkpoints, one JSON object a line (as logged or exported): "
+        "the trail must hold every record up to the newest, unchanged",
+    ),
+    public_key: Path | None = typer.Option(
+        None, "--public-key", help="Ed25519 public key (PEM) that signed the checkpoints"
+    ),
+    legacy_until: int = typer.Option(
+        0,
+        "--legacy-until",
+        min=0,
+        help="Records up to this sequence number were chained before the chain was keyed",
+    ),
+    *,
+    remote: Remote,
+) -> None:
+    """Check the hash chain; exit 1 and name the first broken link if it is broken.
+
+    With the audit key (LKPS_AUDIT_KEY, previous keys in LKPS_AUDIT_PREVIOUS_KEY_FILES)
+    every record's keyed hash is checked; with --checkpoints and --public-key, the
+    trail against the signed heads (without the audit key: links and checkpoints only).
+    """
+    if checkpoints is not None and public_key is None:
+        fail("--checkpoints needs --public-key (the PEM of the signing key's public key)")
+    if public_key is not None and checkpoints is None:
+        fail("--public-key verifies --checkpoints; give both")
     if remote.chosen:
+        if checkpoints is not None or legacy_until:
+            fail("--checkpoints and --legacy-until check the local store; drop --url/--env")
         with remote.connect() as client:
             report = call(client.verify_audit)
         ok, line = (
@@ -79,11 +117,56 @@ def verify(*, remote: Remote) -> None:
             ),
         )
     else:
-        result = _with_log(lambda log: log.verify())
+        signed = _read_checkpoints(checkpoints, public_key) if checkpoints and public_key else None
+        result = _with_log(lambda log: log.verify(legacy_until=legacy_until, checkpoints=signed))
         ok, line = result.ok, result.describe()
     typer.echo(line)
     if not ok:
         raise typer.Exit(1)
+
+
+def _read_checkpoints(path: Path, public_key: Path) -> dict[int, str]:
+    """The signed heads; a checkpoint that does not verify fails the check (exit 1)."""
+    from lkps.audit.checkpoints import CheckpointError, load_public_key, read_checkpoints
+
+    try:
+        key = load_public_key(public_key)
+    except CheckpointError as error:
+        fail(str(error))
+    try:
+        with path.open(encoding="utf-8") as lines:
+            signed = read_checkpoints(lines, key)
+    except OSError as error:
+        fail(f"{path} cannot be read ({type(error).__name__})")
+    except (CheckpointError, UnicodeDecodeError) as error:
+        fail(f"{path}: {error}", code=1)
+    if not signed:
+        fail(f"{path} holds no checkpoint")
+    return signed
+
+
+@app.command("checkpoints")
+def checkpoints(
+    limit: int = typer.Option(1000, "-n", "--limit", min=1, help="At most this many"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="File (default: stdout)"),
+) -> None:
+    """Write the newest signed checkpoints from the local store, one JSON object a line
+    (what `verify --checkpoints` reads). Keep copies outside the database: the log
+    stream carries each one too (field `audit_checkpoint`)."""
+    documents = _with_log(lambda log: _checkpoints_local(log, limit))
+    stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        for document in documents:
+            _print(document, stream)
+    finally:
+        if output:
+            stream.close()
+
+
+async def _checkpoints_local(log: AuditLog, limit: int) -> list[dict[str, Any]]:
+    from lkps.audit.checkpoints import Checkpointer
+
+    return [checkpoint.as_json() for checkpoint in await Checkpointer.stored(log, limit)]
 
 
 @app.command("tail")

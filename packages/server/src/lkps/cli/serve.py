@@ -12,7 +12,7 @@ import typer
 
 from lkps.cli.common import fail, load_settings, uvicorn_options
 from lkps.cli.metrics_server import prepare_worker_metrics, start_metrics_server
-from lkps.config import ConfigurationError
+from lkps.config import ConfigurationError, Settings
 from lkps.logs import configure_logging
 
 
@@ -30,6 +30,7 @@ def serve(
     configure_logging(settings.log_level)
     try:
         settings.check_servable()
+        _check_audit_keys(settings)
         # Once, here, before any worker starts: a store LKPS cannot run on is one line
         # naming the fix, not a traceback per worker (each worker checks again).
         from lkps.store.preflight import prepare_database
@@ -54,6 +55,17 @@ def serve(
         forwarded_allow_ips=settings.forwarded_allow_ips,
         **uvicorn_options(settings),
     )
+
+
+def _check_audit_keys(settings: Settings) -> None:
+    """Read the audit key and the checkpoint signing key once, before any worker starts:
+    an unreadable or malformed key is one line, not a traceback per worker."""
+    from lkps.audit.checkpoints import CheckpointSigner
+    from lkps.audit.keys import load_audit_keys
+
+    load_audit_keys(settings)
+    if settings.audit_signing_key is not None:
+        CheckpointSigner.from_pem_file(settings.audit_signing_key)
 
 
 def _stopped(signum: int, _frame: FrameType | None) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import TextClause, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.types import Text, TypeEngine
+from sqlalchemy.types import LargeBinary, Text, TypeEngine
 
 from lkps.audit.chain import HashedText
 from lkps.audit.records import AuditFilter, AuditRecord
-from lkps.store.models import AuditChainHead, AuditRecordRow
+from lkps.store.models import AuditChainHead, AuditCheckpointRow, AuditRecordRow
 from lkps.store.types import PortableString
 
 _HEAD_ID = 1
@@ -51,13 +51,17 @@ def _array_of(type_: TypeEngine[Any]) -> ARRAY[Any]:
 # What a writer supplies; the chain links (`seq`, `prev_hash`, `hash`) come from the head.
 _CONTENT = [name for name in _COLUMNS if name not in {"seq", "prev_hash", "hash"}]
 _TEXT_PARTS = ("before_prev", "before_seq", "after_seq")
+# Each record's HMAC pads (lkps.audit.chain.hmac_pads), null for an unkeyed record.
+_PADS = ("ipad", "opad")
 
 
 def _append_chained() -> TextClause:
     """PostgreSQL: a whole batch chained, stored and committed in one statement.
 
     The chain head is locked, each record's hash computed from the one before it (a
-    recursive CTE filling the links into its hashed text, see `HashedText`), the
+    recursive CTE filling the links into its hashed text, see `HashedText`, and taking
+    its HMAC-SHA256 from the record's own key pads with core `sha256()`: no pgcrypto,
+    and the audit key itself never reaches the database), the
     records inserted and the head moved, all inside PostgreSQL. Run in autocommit, the
     head stays locked for the statement and its commit only: no round trip to the
     writer, and no wait for the writer's event loop, happens while other replicas wait
@@ -66,7 +70,7 @@ def _append_chained() -> TextClause:
     """
     columns = AuditRecordRow.__table__.columns
     content = ", ".join(_CONTENT)
-    arrays = ", ".join(f":{name}" for name in (*_CONTENT, *_TEXT_PARTS))
+    arrays = ", ".join(f":{name}" for name in (*_CONTENT, *_TEXT_PARTS, *_PADS))
     # Only the model's column names are spliced in; every value is a bound parameter.
     statement = text(
         f"""
@@ -76,16 +80,18 @@ def _append_chained() -> TextClause:
         ),
         batch AS (
             SELECT * FROM unnest({arrays})
-                WITH ORDINALITY AS b({content}, {", ".join(_TEXT_PARTS)}, n)
+                WITH ORDINALITY AS b({content}, {", ".join((*_TEXT_PARTS, *_PADS))}, n)
         ),
         chain (n, seq, prev_hash, hash) AS (
             SELECT 0::bigint, seq, NULL::varchar, hash::varchar FROM head
             UNION ALL
             SELECT b.n, c.seq + 1, c.hash,
-                encode(sha256(convert_to(
-                    b.before_prev || c.hash || b.before_seq || (c.seq + 1) || b.after_seq,
-                    'UTF8')), 'hex')::varchar
-            FROM chain c JOIN batch b ON b.n = c.n + 1
+                encode(CASE WHEN b.ipad IS NULL THEN sha256(t.text)
+                    ELSE sha256(b.opad || sha256(b.ipad || t.text)) END, 'hex')::varchar
+            FROM chain c JOIN batch b ON b.n = c.n + 1,
+            LATERAL (SELECT convert_to(
+                b.before_prev || c.hash || b.before_seq || (c.seq + 1) || b.after_seq,
+                'UTF8') AS text) AS t
         ),
         inserted AS (
             INSERT INTO audit_records (seq, {content}, prev_hash, hash)
@@ -103,6 +109,7 @@ def _append_chained() -> TextClause:
     return statement.bindparams(
         *(bindparam(name, type_=_array_of(columns[name].type)) for name in _CONTENT),
         *(bindparam(name, type_=ARRAY(Text(), dimensions=1)) for name in _TEXT_PARTS),
+        *(bindparam(name, type_=ARRAY(LargeBinary(), dimensions=1)) for name in _PADS),
     )
 
 
@@ -110,16 +117,22 @@ _APPEND_CHAINED = _append_chained()
 
 
 async def append_chained(
-    connection: AsyncConnection, rows: Sequence[Mapping[str, Any]], texts: Sequence[HashedText]
+    connection: AsyncConnection,
+    rows: Sequence[Mapping[str, Any]],
+    texts: Sequence[HashedText],
+    pads: Sequence[tuple[bytes, bytes] | None],
 ) -> list[tuple[int, str, str]]:
     """PostgreSQL: chain `rows` (content columns only) after the head, store them and
-    move the head, in one statement; (seq, prev_hash, hash) of each, in order.
+    move the head, in one statement; (seq, prev_hash, hash) of each, in order. `pads`:
+    each record's HMAC pads (None: an unkeyed link).
 
     Atomic by itself: the writer runs it in autocommit, where its commit is the
     statement's; a change recorded with it runs it last in the change's transaction."""
     arrays: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in _CONTENT}
     for part in _TEXT_PARTS:
         arrays[part] = [getattr(hashed, part) for hashed in texts]
+    arrays["ipad"] = [pad[0] if pad else None for pad in pads]
+    arrays["opad"] = [pad[1] if pad else None for pad in pads]
     result = await connection.execute(_APPEND_CHAINED, arrays)
     return [(int(seq), str(prev), str(hash_)) for seq, prev, hash_ in result]
 
@@ -227,3 +240,23 @@ async def query_records(
         query = query.where(AuditRecordRow.seq < before_seq)
     result = await session.execute(query.order_by(AuditRecordRow.seq.desc()).limit(limit))
     return [_to_record(row) for row in result.scalars()]
+
+
+# Signed checkpoints of the chain head (lkps.audit.checkpoints).
+
+
+async def add_checkpoint(session: AsyncSession, row: Mapping[str, Any]) -> None:
+    await session.execute(insert(AuditCheckpointRow), [dict(row)])
+
+
+async def latest_checkpoints(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` checkpoints, newest first, as stored."""
+    result = await session.execute(
+        select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(limit)
+    )
+    return [{name: getattr(row, name) for name in _CHECKPOINT_COLUMNS} for row in result.scalars()]
+
+
+_CHECKPOINT_COLUMNS = [
+    column.key for column in AuditCheckpointRow.__table__.columns if column.key != "id"
+]

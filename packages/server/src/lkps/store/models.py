@@ -82,6 +82,8 @@ class AuditRecordRow(Base):
     details: Mapped[str | None] = mapped_column(PortableText())
     prev_hash: Mapped[str] = mapped_column(PortableString(64))
     hash: Mapped[str] = mapped_column(PortableString(64))
+    # The audit key that chained the record (null: chained before keys, plain SHA-256).
+    key_id: Mapped[str | None] = mapped_column(PortableString(16))
 
 
 # The longest text each bounded audit column stores, in characters.
@@ -100,6 +102,21 @@ class AuditChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(PortableString(64))
+
+
+class AuditCheckpointRow(Base):
+    """A signed checkpoint of the chain head (lkps.audit.checkpoints). The signature,
+    not the table, protects it: a copy also goes to the log stream."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(PortableString(64))
+    time: Mapped[datetime]
+    key_id: Mapped[str | None] = mapped_column(PortableString(16))
+    signer: Mapped[str] = mapped_column(PortableString(16))
+    signature: Mapped[str] = mapped_column(PortableString(128))
 
 
 class AuthorizationOverrideRow(Base):
