@@ -96,7 +96,8 @@ class AgentProcess(ManagedProcess):
         """`http_port`: the worker's health endpoint (AGENT_HTTP_PORT); 0, the default,
         lets the OS pick a free one, so agents never collide with each other or with
         whatever else listens on livekit-agents' 8081. `load`: the example agent's load
-        variables, instead of the fixed 0.05 (`{"AGENT_MAX_JOBS": "1"}`, for one)."""
+        variables instead of the fixed 0.05, AGENT_LOAD_THRESHOLD included
+        (`{"AGENT_MAX_JOBS": "1", "AGENT_LOAD_THRESHOLD": "0.7"}`, for one)."""
         entra.client_secrets[AGENT] = AGENT_SECRET
         env = {
             key: value
@@ -116,13 +117,13 @@ class AgentProcess(ManagedProcess):
             "AZURE_AUTHORITY_HOST": authority,
             "PYTHONUNBUFFERED": "1",
             "AGENT_HTTP_PORT": str(http_port),
+            # The worker never calls itself full on its own estimate: with no job running,
+            # it counts each pending offer as threshold / idle processes (the CPU count).
+            "AGENT_LOAD_THRESHOLD": "inf",
             # The test machine is shared: the worker reports a load of its own choosing
             # (through lkps-agent's load_fnc), never the machine's CPU, which would make
             # livekit-server skip it (at a load >= 0.7, whatever the worker's threshold).
             **(load or {"AGENT_FIXED_LOAD": "0.05"}),
-            # Nor does it call itself full on its own estimate: with no job running, it
-            # counts each pending offer as threshold / idle processes (the CPU count).
-            "AGENT_LOAD_THRESHOLD": "inf",
         }
         command = [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"]
         super().__init__("agent", command, env, workdir)

@@ -46,6 +46,12 @@ class RealLiveKit(NamedTuple):
     # Its log (INFO): what it decided where no API says, e.g. a job it could not place.
     log: Path | None = None
 
+    def log_count(self, pattern: str) -> int:
+        """How many lines of its log match the regular expression `pattern`."""
+        if self.log is None:
+            return 0
+        return len(re.findall(pattern, self.log.read_text(errors="replace")))
+
     @property
     def http_url(self) -> str:
         """The same server for the server APIs (`livekit.api.LiveKitAPI`)."""
