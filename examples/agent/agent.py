@@ -28,7 +28,7 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import JobContext
 
-from lkps_agent import LkpsAgentServer, run_app
+from lkps_agent import LkpsAgentServer, job_count_load, run_app
 
 logger = logging.getLogger("example-agent")
 
@@ -41,20 +41,27 @@ http_port: dict[str, Any] = (
 )
 
 
-def _fixed_load() -> dict[str, Any]:
-    """AGENT_FIXED_LOAD=0.1 reports that load instead of the CPU's: livekit-server itself
-    stops dispatching to a worker reporting 0.7 or more, whatever its threshold, and a
-    shared machine (a CI runner) is often that busy. Unset: livekit-agents' default."""
-    fixed = os.environ.get("AGENT_FIXED_LOAD")
-    return {"load_fnc": lambda: float(fixed)} if fixed else {}
+def _load() -> dict[str, Any]:
+    """The load the worker reports (docs/agent-guide.md, "The load a worker reports").
+
+    AGENT_FIXED_LOAD=0.05 reports that number, AGENT_MAX_JOBS=4 the worker's own jobs
+    (`job_count_load`); unset, livekit-agents' default, the machine's CPU. livekit-server
+    skips a worker reporting 0.7 or more whatever its threshold, and a shared machine (a
+    CI runner) is often that busy: the end-to-end tests fix the load."""
+    if fixed := os.environ.get("AGENT_FIXED_LOAD"):
+        load = float(fixed)
+        return {"load_fnc": lambda: load}
+    if max_jobs := os.environ.get("AGENT_MAX_JOBS"):
+        return {"load_fnc": job_count_load(int(max_jobs))}
+    return {}
 
 
 server = LkpsAgentServer(  # was: AgentServer(...)
-    # Above this CPU load the worker reports itself full and LiveKit stops dispatching to
-    # it; on a shared machine (a CI runner) raise it, "inf" never reports full.
+    # At this load the worker reports itself full; "inf" never does (livekit-server still
+    # applies its own agents.target_load to the load reported).
     load_threshold=float(os.environ.get("AGENT_LOAD_THRESHOLD", "0.7")),
     **http_port,
-    **_fixed_load(),
+    **_load(),
 )
 
 

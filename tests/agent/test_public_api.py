@@ -31,6 +31,7 @@ PUBLIC = {
     "RegistrationRefusedError",
     "UnsupportedLiveKitAgentsError",
     "build_credential",
+    "job_count_load",
     "run_app",
 }
 

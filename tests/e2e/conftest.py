@@ -4,7 +4,7 @@ over TLS), and the example agent built on lkps-agent (a process)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ class Stack:
     entra: EntraDouble
     workdir: Path
     _lkps_factory: Callable[[], Replica]
-    _agent_factory: Callable[[str, int], AgentProcess]
+    _agent_factory: Callable[[str, int, Mapping[str, str] | None], AgentProcess]
     lkps: Replica | None = None
     agents: list[AgentProcess] = field(default_factory=list)
 
@@ -36,9 +36,12 @@ class Stack:
         self.lkps.wait_ready()
         return self.lkps
 
-    def start_agent(self, http_port: int = 0) -> AgentProcess:
+    def start_agent(
+        self, http_port: int = 0, load: Mapping[str, str] | None = None
+    ) -> AgentProcess:
+        """`load`: the example agent's load variables (AgentProcess)."""
         assert self.lkps is not None, "start LKPS first"
-        agent = self._agent_factory(self.lkps.url, http_port).start()
+        agent = self._agent_factory(self.lkps.url, http_port, load).start()
         self.agents.append(agent)
         return agent
 
@@ -92,7 +95,9 @@ def make_stack(
             port["LKPS_PORT"] = str(replica.port)
             return replica
 
-        def new_agent(lkps_url: str, http_port: int) -> AgentProcess:
+        def new_agent(
+            lkps_url: str, http_port: int, load: Mapping[str, str] | None
+        ) -> AgentProcess:
             return AgentProcess(
                 tmp_path,
                 lkps_url=lkps_url,
@@ -100,6 +105,7 @@ def make_stack(
                 authority=entra_tls_server.url,
                 ca_bundle=tls.ca_cert,
                 http_port=http_port,
+                load=load,
             )
 
         stack = Stack(livekit_double, entra, tmp_path, new_lkps, new_agent)

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +91,13 @@ class AgentProcess(ManagedProcess):
         authority: str,
         ca_bundle: Path,
         http_port: int = 0,
+        load: Mapping[str, str] | None = None,
     ) -> None:
         """`http_port`: the worker's health endpoint (AGENT_HTTP_PORT); 0, the default,
         lets the OS pick a free one, so agents never collide with each other or with
-        whatever else listens on livekit-agents' 8081."""
+        whatever else listens on livekit-agents' 8081. `load`: the example agent's load
+        variables instead of the fixed 0.05, AGENT_LOAD_THRESHOLD included
+        (`{"AGENT_MAX_JOBS": "1", "AGENT_LOAD_THRESHOLD": "0.7"}`, for one)."""
         entra.client_secrets[AGENT] = AGENT_SECRET
         env = {
             key: value
@@ -113,11 +116,14 @@ class AgentProcess(ManagedProcess):
             "AZURE_CLIENT_SECRET": AGENT_SECRET,
             "AZURE_AUTHORITY_HOST": authority,
             "PYTHONUNBUFFERED": "1",
-            # The test machine is shared: CPU load must not mark the worker full.
-            "AGENT_LOAD_THRESHOLD": "inf",
             "AGENT_HTTP_PORT": str(http_port),
-            # Nor may it make livekit-server skip the worker (it does at a load >= 0.7).
-            "AGENT_FIXED_LOAD": "0.05",
+            # The worker never calls itself full on its own estimate: with no job running,
+            # it counts each pending offer as threshold / idle processes (the CPU count).
+            "AGENT_LOAD_THRESHOLD": "inf",
+            # The test machine is shared: the worker reports a load of its own choosing
+            # (through lkps-agent's load_fnc), never the machine's CPU, which would make
+            # livekit-server skip it (at a load >= 0.7, whatever the worker's threshold).
+            **(load or {"AGENT_FIXED_LOAD": "0.05"}),
         }
         command = [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"]
         super().__init__("agent", command, env, workdir)

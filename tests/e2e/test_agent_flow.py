@@ -73,6 +73,13 @@ def test_a_session_reaches_the_agents_entrypoint(make_stack: StackFactory) -> No
     assert worker.api_key == LIVEKIT_KEY
     assert {grant for grant, given in worker.claims["video"].items() if given} == {"agent"}
     assert worker.agent_name == AGENT
+    # It reports the load the harness chose (AGENT_FIXED_LOAD, through lkps-agent's
+    # load_fnc), not the shared machine's CPU: the status update comes every 2.5 s.
+    wait_for(
+        lambda: [w for w in stack.livekit.workers(AGENT) if w.load == pytest.approx(0.05)],
+        timeout=15,
+        what="the worker reporting its fixed load",
+    )
 
     metadata = {"language": "de", "ticket": 4711, "nested": {"ok": [1, 2]}}
     session = session_when_present(stack.lkps_url, stack.entra, metadata)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from livekit.agents import JobContext
 from livekit.protocol import agent_dispatch
 from livekit.protocol import room as room_pb
 
+from lkps_agent import job_count_load
 from lkps_testkit.livekit import LiveKitDouble
 from tests.livekit_double.conftest import StartWorker
 
@@ -177,3 +179,37 @@ async def test_an_expired_token_makes_the_worker_reconnect_with_a_fresh_one(
     assert second.token_fingerprint != first.token_fingerprint
     assert second.token_expires_at > first.token_expires_at
     assert second.claims["video"]["agent"] is True
+
+
+async def test_the_worker_reports_the_load_its_load_fnc_returns(
+    livekit: LiveKitDouble, start_worker: StartWorker
+) -> None:
+    """`job_count_load` (lkps_agent), in a real worker: LiveKit reads the worker's own
+    jobs as its load, not the machine's CPU, whatever else the machine runs."""
+    release = threading.Event()
+
+    async def entrypoint(ctx: JobContext) -> None:
+        await asyncio.to_thread(release.wait, 60)  # the job runs until the test lets it go
+        ctx.shutdown("released")
+
+    await start_worker("helper", entrypoint, load_fnc=job_count_load(2))
+
+    def reported(load: float, jobs: int) -> list[Any]:
+        return [
+            w
+            for w in livekit.workers("helper")
+            if w.load == pytest.approx(load) and w.job_count == jobs and w.status == "WS_AVAILABLE"
+        ]
+
+    try:
+        for room, (load, jobs) in (("first", (0.35, 1)), ("second", (1.0, 2))):
+            config = room_pb.RoomConfiguration(
+                agents=[agent_dispatch.RoomAgentDispatch(agent_name="helper")]
+            )
+            await livekit.join_async(livekit.token("alice", room=room, room_config=config))
+            await livekit.wait_for_job_async("helper", room=room, status="JS_RUNNING")
+            # The worker reports its status every 2.5 s.
+            await livekit.wait_until_async(lambda: reported(load, jobs), timeout=15)  # noqa: B023
+    finally:
+        release.set()
+    await livekit.wait_until_async(lambda: reported(0.0, 0), timeout=15)

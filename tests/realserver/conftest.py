@@ -43,6 +43,14 @@ class RealLiveKit(NamedTuple):
     url: str
     api_key: str
     api_secret: str
+    # Its log (INFO): what it decided where no API says, e.g. a job it could not place.
+    log: Path | None = None
+
+    def log_count(self, pattern: str) -> int:
+        """How many lines of its log match the regular expression `pattern`."""
+        if self.log is None:
+            return 0
+        return len(re.findall(pattern, self.log.read_text(errors="replace")))
 
     @property
     def http_url(self) -> str:
@@ -177,6 +185,6 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealLiv
         )
     try:
         wait_until_ready(process, f"http://127.0.0.1:{http_port}/", log)
-        yield RealLiveKit(f"ws://127.0.0.1:{http_port}", API_KEY, api_secret)
+        yield RealLiveKit(f"ws://127.0.0.1:{http_port}", API_KEY, api_secret, log)
     finally:
         stop(process)

@@ -12,6 +12,9 @@
     if __name__ == "__main__":
         run_app(server)  # livekit-agents' cli.run_app, exiting 1 when the worker failed
 
+On a host shared with other work, `LkpsAgentServer(load_fnc=job_count_load(4))` reports
+the worker's own jobs as its load instead of the machine's CPU (see the guide).
+
 No LIVEKIT_API_KEY or LIVEKIT_API_SECRET: the SDK registers with LKPS, connects the
 worker with the token LKPS returns, heartbeats, renews the token before it expires and
 deregisters on shutdown. See docs/agent-guide.md.
@@ -28,6 +31,7 @@ from lkps_agent._errors import (
     UnsupportedLiveKitAgentsError,
 )
 from lkps_agent._lifecycle import AgentLifecycle
+from lkps_agent._load import job_count_load
 from lkps_agent._runner import run_app
 from lkps_agent._server import LkpsAgentServer
 from lkps_agent._status import AgentState, AgentStatus
@@ -47,6 +51,7 @@ __all__ = [
     "RegistrationRefusedError",
     "UnsupportedLiveKitAgentsError",
     "build_credential",
+    "job_count_load",
     "run_app",
 ]
 

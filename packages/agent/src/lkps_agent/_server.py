@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+from livekit.agents import AgentServer
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from lkps_agent._config import AgentConfig, ConfigurationError
@@ -46,6 +48,12 @@ class LkpsAgentServer(SeamedAgentServer):
     or dev); `credential` replaces the one `config.auth` would build (any
     `azure.identity.aio` credential; it stays yours to close). Every other keyword is
     `AgentServer`'s, except `api_key`, `api_secret` and `ws_url`: LKPS provides those.
+
+    `load_fnc` is the load the worker reports, exactly as `AgentServer` takes it (a
+    callable with or without the server as its argument); None keeps livekit-agents'
+    default, the whole machine's CPU use. On a shared host pass `job_count_load(max_jobs)`:
+    livekit-server offers jobs only below its `agents.target_load` (0.7) and LKPS answers
+    503 at `LKPS_LIVEKIT_AGENT_TARGET_LOAD`, whatever the worker's own `load_threshold`.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class LkpsAgentServer(SeamedAgentServer):
         config: AgentConfig | None = None,
         credential: AsyncTokenCredential | None = None,
         environment: str | None = None,
+        load_fnc: Callable[[AgentServer], float] | Callable[[], float] | None = None,
         **agent_server_options: Any,
     ) -> None:
         check_supported()
@@ -74,7 +83,9 @@ class LkpsAgentServer(SeamedAgentServer):
         self._lkps_closing: asyncio.Task[None] | None = None
         self._lkps_failure: BaseException | None = None
         api_key, api_secret = placeholder_credentials()
-        super().__init__(api_key=api_key, api_secret=api_secret, **agent_server_options)
+        super().__init__(
+            api_key=api_key, api_secret=api_secret, load_fnc=load_fnc, **agent_server_options
+        )
 
     @property
     def lkps_config(self) -> AgentConfig:

@@ -29,7 +29,10 @@ class AiohttpUpstream:
 
     async def connect(self, url: str, token: str) -> RelaySocket:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # No pool limit: each relayed worker holds its LiveKit socket for as long as
+            # it is connected, so aiohttp's default (100 connections per session) made
+            # the 101st worker on a process wait for one to close and time out.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
                 socket = await self._session.ws_connect(
