@@ -8,7 +8,9 @@ every non-dev configuration refuses (`Settings.check_servable`).
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +20,15 @@ from typing import TYPE_CHECKING
 import typer
 
 from lkps.cli.common import fail, load_settings, uvicorn_options
+from lkps.cli.livekit_dev import (
+    DEFAULT_HTTP_PORT,
+    PREFIX,
+    LiveKitPlan,
+    LiveKitProcess,
+    LiveKitUnavailable,
+    find_binary,
+    webhook_url,
+)
 from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, ConfigurationError, Settings
 from lkps.logs import configure_logging
 from lkps.origins import origin_of
@@ -69,7 +80,12 @@ def identity_provider(state_dir: Path) -> EntraDouble:
     )
 
 
-def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Settings:
+def dev_settings(
+    base: Settings, *, host: str, port: int, state_dir: Path, livekit_url: str | None = None
+) -> Settings:
+    """The dev instance's settings: `base` (LKPS_* variables) with the dev identity
+    provider, the dev allow-list, and LiveKit at `livekit_url` (the livekit-server `lkps
+    dev` runs) or else LKPS_LIVEKIT_URL or `livekit-server --dev`'s address."""
     if not base.is_dev:
         fail(
             f"`lkps dev` refuses LKPS_ENV={base.env}: its identity provider is for development only"
@@ -80,7 +96,7 @@ def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Se
         "entra_tenant_id": DEV_TENANT_ID,
         "entra_audiences": [DEV_AUDIENCE],
         "entra_jwks_url": f"http://{host}:{port}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/discovery/v2.0/keys",
-        "livekit_url": base.livekit_url or DEV_LIVEKIT_URL,
+        "livekit_url": livekit_url or base.livekit_url or DEV_LIVEKIT_URL,
         "livekit_api_key": base.livekit_api_key or DEV_LIVEKIT_KEY,
         "cors_allow_origins": base.cors_allow_origins or [origin_of(host, port), *DEV_CORS_ORIGINS],
     }
@@ -104,8 +120,19 @@ def dev(
     host: str = typer.Option(DEV_HOST, help="Bind address"),
     port: int = typer.Option(DEV_PORT, help="Port"),
     state_dir: Path = STATE_DIR_OPTION,
+    no_livekit: bool = typer.Option(
+        False, "--no-livekit", help="Do not run a livekit-server (bring your own)"
+    ),
+    livekit_port: int = typer.Option(
+        DEFAULT_HTTP_PORT,
+        "--livekit-port",
+        min=0,
+        max=65_535,
+        help="The livekit-server's port when free (0: any free port)",
+    ),
 ) -> None:
-    """Start LKPS with SQLite and the development identity provider."""
+    """Start LKPS with SQLite and the development identity provider, and a livekit-server
+    in dev mode beside it when one is available (see --no-livekit)."""
     if ctx.invoked_subcommand is not None:
         return
     import httpx
@@ -115,7 +142,15 @@ def dev(
 
     from lkps.app import create_app
 
-    settings = dev_settings(load_settings(), host=host, port=port, state_dir=state_dir)
+    base = load_settings()
+    livekit = None if no_livekit else _livekit_plan(base, livekit_port)
+    settings = dev_settings(
+        base,
+        host=host,
+        port=port,
+        state_dir=state_dir,
+        livekit_url=livekit.url if livekit else None,
+    )
     try:
         settings.cors_origins()
     except ConfigurationError as exc:
@@ -130,9 +165,40 @@ def dev(
         jwks_transport=httpx.ASGITransport(app=idp_app),
         mounts={DEV_JWKS_PATH: idp.asgi_app()},
     )
+    server = None
+    if livekit is not None:
+        server = LiveKitProcess(
+            livekit,
+            livekit.config(
+                api_key=settings.livekit_api_key,
+                api_secret=settings.livekit_api_secret.get_secret_value(),
+                webhook_url=webhook_url(settings.host, settings.port),
+            ),
+            state_dir,
+            sys.stdout,
+        )
+        server.start()
     # Flushed: read from a file or pipe (`lkps dev > dev.log`) before the first request.
-    print(_banner(settings, state_dir), flush=True)
-    uvicorn.run(application, **uvicorn_options(settings))
+    print(_banner(settings, state_dir, livekit=server), flush=True)
+    try:
+        uvicorn.run(application, **uvicorn_options(settings))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _livekit_plan(base: Settings, livekit_port: int) -> LiveKitPlan | None:
+    """The livekit-server to run, or None (saying why in one line) when there is none,
+    or when LKPS_LIVEKIT_URL names a LiveKit of the developer's own."""
+    if base.livekit_url:
+        typer.echo(f"lkps dev: LiveKit is LKPS_LIVEKIT_URL={base.livekit_url}; not starting one")
+        return None
+    try:
+        binary = find_binary(base.livekit_server_bin, cwd=Path.cwd(), path=os.environ.get("PATH"))
+    except LiveKitUnavailable as exc:
+        typer.secho(f"lkps dev: {exc}", err=True, fg=typer.colors.YELLOW)
+        return None
+    return LiveKitPlan.choose(binary, livekit_port)
 
 
 @app.command("token")
@@ -264,11 +330,21 @@ def decode(token: str = typer.Argument(..., help="A LiveKit token from this dev 
     typer.echo(json.dumps(claims, indent=2, ensure_ascii=False))
 
 
+def _livekit_line(livekit: LiveKitProcess | None) -> str:
+    if livekit is None:
+        return ""
+    plan = livekit.plan
+    return (
+        f"\n                 livekit-server {plan.binary} (pid {livekit.pid}; ICE UDP "
+        f'127.0.0.1:{plan.udp_port}; webhooks to LKPS; its output: lines "{PREFIX.strip()}")'
+    )
+
+
 # How the README and the banner spell a command: what works after `pip install uv` alone.
 RUN = "python3 -m uv run"
 
 
-def _banner(settings: Settings, state_dir: Path) -> str:
+def _banner(settings: Settings, state_dir: Path, livekit: LiveKitProcess | None = None) -> str:
     """What `lkps dev` prints: where it serves, and commands that work as printed
     against this instance (its port, its state folder) from the folder it runs in."""
     base = f"http://{settings.host}:{settings.port}"
@@ -280,7 +356,7 @@ LKPS dev instance (LKPS_ENV=dev; development identity provider)
   health         {base}/api/health/ready
   dev JWKS       {settings.jwks_url}
   browser CORS   {", ".join(settings.cors_allow_origins)}
-  LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key})
+  LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key}){_livekit_line(livekit)}
   database       {settings.database_url}
   allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
   token endpoint {base}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/oauth2/v2.0/token
