@@ -221,10 +221,7 @@ def test_the_banner_commands_work_as_printed_on_another_port(tmp_path: Path) -> 
         assert "8080" not in banner
         assert banner.count("uv run") == banner.count("python3 -m uv run") >= 4
         [agent] = [line for line in banner.splitlines() if "examples/agent/agent.py" in line]
-        assert agent.endswith(
-            f"LKPS_ENVIRONMENT=dev LKPS_URL={base} python3 -m uv run python "
-            "examples/agent/agent.py start"
-        )
+        assert f"python3 -m uv run lkps dev agent --url {base} " in agent
 
         # The registration helper it names holds the agent present (while the "Try it"
         # commands run, however slowly, and past the TTL), and takes it away on SIGTERM

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 from types import FrameType
@@ -77,6 +78,8 @@ def identity_provider(state_dir: Path) -> EntraDouble:
         keys=[key],
         user_domain="dev.lkps.example",
         client_secrets={DEV_AGENT_ID: DEV_APP_SECRET, DEV_CLIENT_ID: DEV_APP_SECRET},
+        # Any other app id too: `lkps dev agent --agent ID` runs the example as that agent.
+        any_client_secret=DEV_APP_SECRET,
     )
 
 
@@ -303,6 +306,55 @@ def register(
         typer.echo(f"deregistered agent {answer['agent_name']}")
 
 
+@app.command("agent")
+def agent(
+    agent: str = typer.Option(DEV_AGENT_ID, "--agent", help="The agent's app id"),
+    url: str = typer.Option(DEV_URL, "--url", help="The dev instance"),
+) -> None:
+    """Run the example agent (examples/agent/agent.py, the agent guide's) against a
+    running `lkps dev`, as agent AGENT: the dev identity provider issues its app token
+    for the public dev secret. An agent other than the dev allow-list's registers with
+    client authorization off, so that the dev client (and the playground) may start
+    sessions with it. Ctrl-C stops it (it deregisters)."""
+    import httpx
+
+    if not load_settings().is_dev:
+        fail("`lkps dev agent` only runs with LKPS_ENV=dev")
+    try:
+        agent_id = str(uuid.UUID(agent))
+    except ValueError:
+        fail(f"--agent {agent!r} is not an app id (a UUID)")
+    script = example_agent()
+    base = url.rstrip("/")
+    try:
+        httpx.get(f"{base}/api/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach LKPS at {base} (is `lkps dev` running there?): {exc}", code=1)
+    environment = dict(os.environ)
+    environment.update(LKPS_ENVIRONMENT="dev", LKPS_URL=base, LKPS_AUTH="dev")
+    environment.update(AZURE_CLIENT_ID=agent_id, AZURE_CLIENT_SECRET=DEV_APP_SECRET)
+    if agent_id != DEV_AGENT_ID:
+        environment.setdefault("LKPS_ENFORCE_CLIENT_AUTHZ", "false")
+    # livekit-agents' health endpoint would take port 8081; any free one serves here.
+    environment.setdefault("AGENT_HTTP_PORT", "0")
+    typer.echo(f"lkps dev agent: {script} as agent {agent_id} against {base}", err=True)
+    sys.stdout.flush()
+    # The agent takes this process over: Ctrl-C and SIGTERM reach it directly.
+    os.execve(sys.executable, [sys.executable, str(script), "start"], environment)  # noqa: S606
+
+
+def example_agent() -> Path:
+    """examples/agent/agent.py: in the folder `lkps dev agent` runs in (the checkout), or
+    in the checkout this lkps is installed from (uv's editable install)."""
+    import lkps
+
+    relative = Path("examples", "agent", "agent.py")
+    for root in (Path.cwd(), Path(lkps.__file__).resolve().parents[4]):
+        if (root / relative).is_file():
+            return root / relative
+    fail(f"no {relative} here: run `lkps dev agent` in the LKPS checkout")
+
+
 def _interrupt(_signal: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -349,7 +401,7 @@ def _banner(settings: Settings, state_dir: Path, livekit: LiveKitProcess | None 
     against this instance (its port, its state folder) from the folder it runs in."""
     base = f"http://{settings.host}:{settings.port}"
     state = "" if state_dir == STATE_DIR_OPTION.default else f" --state-dir {state_dir}"
-    agent_env = "LKPS_ENVIRONMENT=dev" + ("" if base == DEV_URL else f" LKPS_URL={base}")
+    at = "" if base == DEV_URL else f" --url {base}"
     return f"""
 LKPS dev instance (LKPS_ENV=dev; development identity provider)
   API            {base}/api        docs: {base}/api/docs
@@ -361,7 +413,7 @@ LKPS dev instance (LKPS_ENV=dev; development identity provider)
   allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
   token endpoint {base}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/oauth2/v2.0/token
                  (client credentials for either app id above, secret "{DEV_APP_SECRET}")
-  example agent  {agent_env} {RUN} python examples/agent/agent.py start
+  example agent  {RUN} lkps dev agent{at}   (examples/agent/agent.py, as agent {DEV_AGENT_ID})
 
 Try it (another terminal, same folder):
   AGENT_TOKEN=$({RUN} lkps dev token --agent {DEV_AGENT_ID}{state})
