@@ -143,6 +143,7 @@ def dev(
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
+    from lkps.api.playground import install_playground
     from lkps.app import create_app
 
     base = load_settings()
@@ -168,6 +169,13 @@ def dev(
         jwks_transport=httpx.ASGITransport(app=idp_app),
         mounts={DEV_JWKS_PATH: idp.asgi_app()},
     )
+    install_playground(
+        application,
+        _PlaygroundSignIn(idp, settings.auditor_role),
+        livekit_url=settings.livekit_url,
+        agent_id=DEV_AGENT_ID,
+        client_id=DEV_CLIENT_ID,
+    )
     server = None
     if livekit is not None:
         server = LiveKitProcess(
@@ -188,6 +196,23 @@ def dev(
     finally:
         if server is not None:
             server.stop()
+
+
+class _PlaygroundSignIn:
+    """The playground's sign-in (lkps.api.playground.DevSignIn): the dev identity
+    provider's tokens, as `lkps dev token` mints them."""
+
+    def __init__(self, idp: EntraDouble, auditor_role: str) -> None:
+        self._idp = idp
+        self._auditor_role = auditor_role
+
+    def user_token(self, user: str, client_id: str) -> str:
+        return self._idp.user_token(audience=DEV_AUDIENCE, client_app_id=client_id, username=user)
+
+    def auditor_token(self) -> str:
+        return self._idp.app_token(
+            audience=DEV_AUDIENCE, client_app_id=DEV_CLIENT_ID, roles=[self._auditor_role]
+        )
 
 
 def _livekit_plan(base: Settings, livekit_port: int) -> LiveKitPlan | None:
@@ -399,11 +424,14 @@ RUN = "python3 -m uv run"
 def _banner(settings: Settings, state_dir: Path, livekit: LiveKitProcess | None = None) -> str:
     """What `lkps dev` prints: where it serves, and commands that work as printed
     against this instance (its port, its state folder) from the folder it runs in."""
+    from lkps.api.playground import PLAYGROUND_PATH
+
     base = f"http://{settings.host}:{settings.port}"
     state = "" if state_dir == STATE_DIR_OPTION.default else f" --state-dir {state_dir}"
     at = "" if base == DEV_URL else f" --url {base}"
     return f"""
 LKPS dev instance (LKPS_ENV=dev; development identity provider)
+  playground     {base}{PLAYGROUND_PATH}   (sign in, start a session, talk to the agent)
   API            {base}/api        docs: {base}/api/docs
   health         {base}/api/health/ready
   dev JWKS       {settings.jwks_url}
