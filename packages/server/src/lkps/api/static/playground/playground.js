@@ -238,7 +238,8 @@
 
   function onData(payload, participant, _kind, topic) {
     const text = new TextDecoder().decode(payload);
-    const from = participant ? participant.identity : "server";
+    // A message can arrive before its sender is listed as a participant.
+    const from = participant ? participant.identity : "(a participant joining)";
     $("messages").append(item(`${from} [${topic || "-"}]: ${text}`, { "data-topic": topic || "" }));
     let message = null;
     try {
