@@ -263,7 +263,7 @@ def test_the_readme_walkthrough_works_as_printed_at_a_readers_pace(tmp_path: Pat
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     shell = newcomer_shell()
-    readme = (ROOT / "README.md").read_text().split("## Try it in five minutes", 1)[1]
+    readme = (ROOT / "README.md").read_text().split("## The API by hand", 1)[1]
     walkthrough = readme.split("```sh\n", 1)[1].split("```", 1)[0]
     # The one change: this instance's port instead of the default.
     assert "127.0.0.1:8080" in walkthrough
