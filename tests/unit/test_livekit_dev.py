@@ -113,3 +113,23 @@ def test_the_webhook_url_is_one_the_server_on_this_machine_reaches(
     host: str, expected: str
 ) -> None:
     assert webhook_url(host, 9000) == expected
+
+
+def test_a_livekit_of_ones_own_means_none_is_started(capsys: pytest.CaptureFixture[str]) -> None:
+    from lkps.cli.dev import _livekit_plan
+    from lkps.config import Settings
+
+    own = Settings(livekit_url="ws://127.0.0.1:7999", livekit_server_bin=Path("/bin/true"))
+    assert _livekit_plan(own, 0) is None
+    assert "LKPS_LIVEKIT_URL=ws://127.0.0.1:7999; not starting one" in capsys.readouterr().out
+
+
+def test_a_configured_binary_that_is_not_one_is_said_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lkps.cli.dev import _livekit_plan
+    from lkps.config import Settings
+
+    assert _livekit_plan(Settings(livekit_server_bin=tmp_path / "absent"), 0) is None
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "is not an executable file" in said
