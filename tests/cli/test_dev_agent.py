@@ -80,7 +80,9 @@ def test_dev_agent_as_another_agent_is_present_for_the_dev_client(tmp_path: Path
 
 def test_dev_agent_says_when_no_instance_answers(tmp_path: Path) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
-    result = run_lkps("dev", "agent", "--url", nowhere, env=clean_environment(), cwd=tmp_path)
+    result = run_lkps(
+        "dev", "agent", "--url", nowhere, "--wait", "1", env=clean_environment(), cwd=tmp_path
+    )
     assert result.returncode == 1
     assert f"cannot reach LKPS at {nowhere}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -335,6 +335,9 @@ def register(
 def agent(
     agent: str = typer.Option(DEV_AGENT_ID, "--agent", help="The agent's app id"),
     url: str = typer.Option(DEV_URL, "--url", help="The dev instance"),
+    wait: float = typer.Option(
+        30.0, "--wait", min=0, help="Seconds to wait for the dev instance to answer"
+    ),
 ) -> None:
     """Run the example agent (examples/agent/agent.py, the agent guide's) against a
     running `lkps dev`, as agent AGENT: the dev identity provider issues its app token
@@ -351,10 +354,16 @@ def agent(
         fail(f"--agent {agent!r} is not an app id (a UUID)")
     script = example_agent()
     base = url.rstrip("/")
-    try:
-        httpx.get(f"{base}/api/health", timeout=5).raise_for_status()
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach LKPS at {base} (is `lkps dev` running there?): {exc}", code=1)
+    # Started together with `lkps dev`, it waits for the instance to come up.
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            httpx.get(f"{base}/api/health", timeout=5).raise_for_status()
+            break
+        except httpx.HTTPError as exc:
+            if time.monotonic() >= deadline:
+                fail(f"cannot reach LKPS at {base} (is `lkps dev` running there?): {exc}", 1)
+            time.sleep(0.5)
     environment = dict(os.environ)
     environment.update(LKPS_ENVIRONMENT="dev", LKPS_URL=base, LKPS_AUTH="dev")
     environment.update(AZURE_CLIENT_ID=agent_id, AZURE_CLIENT_SECRET=DEV_APP_SECRET)
