@@ -11,10 +11,11 @@ with the page's origin.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,58 @@ class Browser:
             raise DevToolsError(json.dumps(result["exceptionDetails"]))
         return result["result"].get("value")
 
+    @asynccontextmanager
+    async def tab(self, page_url: str) -> AsyncIterator[Tab]:
+        """`page_url` open in a new tab (its load event seen) for the block: scripts
+        evaluated in it one after another, screenshots; closed on leaving."""
+        async with _DevTools.connected(self.websocket_url) as devtools:
+            target = await devtools.call("Target.createTarget", url="about:blank")
+            target_id = target["targetId"]
+            attached = await devtools.call(
+                "Target.attachToTarget", targetId=target_id, flatten=True
+            )
+            tab = Tab(devtools, attached["sessionId"])
+            try:
+                await devtools.call("Page.enable", session=tab.session)
+                loaded = devtools.expect("Page.loadEventFired", tab.session)
+                navigated = await devtools.call("Page.navigate", session=tab.session, url=page_url)
+                if "errorText" in navigated:
+                    raise DevToolsError(f"{page_url}: {navigated['errorText']}")
+                await asyncio.wait_for(loaded, PAGE_TIMEOUT)
+                yield tab
+            finally:
+                await devtools.call("Target.closeTarget", targetId=target_id)
+
+
+class Tab:
+    """One open page of a `Browser`."""
+
+    def __init__(self, devtools: _DevTools, session: str) -> None:
+        self._devtools = devtools
+        self.session = session
+
+    async def evaluate(self, expression: str) -> Any:
+        """`expression` evaluated in the page (a promise awaited); its value, as JSON."""
+        result = await self._devtools.call(
+            "Runtime.evaluate",
+            session=self.session,
+            expression=expression,
+            awaitPromise=True,
+            returnByValue=True,
+        )
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            thrown = details.get("exception", {}).get("description") or json.dumps(details)
+            raise DevToolsError(thrown)
+        return result["result"].get("value")
+
+    async def screenshot(self, path: Path) -> None:
+        """The whole page as PNG, into `path`."""
+        shot = await self._devtools.call(
+            "Page.captureScreenshot", session=self.session, format="png", captureBeyondViewport=True
+        )
+        path.write_bytes(base64.b64decode(shot["data"]))
+
 
 class _DevTools:
     """One DevTools connection: numbered commands, their answers, and awaited events."""
@@ -148,15 +201,17 @@ class _DevTools:
 
 
 @contextmanager
-def headless_chromium(executable: str, workdir: Path) -> Iterator[Browser]:
-    """Chromium with a fresh profile under `workdir`, stopped (its whole process group)
-    on leaving."""
+def headless_chromium(
+    executable: str, workdir: Path, extra_flags: Sequence[str] = ()
+) -> Iterator[Browser]:
+    """Chromium with a fresh profile under `workdir` (and `extra_flags`), stopped (its
+    whole process group) on leaving."""
     profile = workdir / "chromium-profile"
     profile.mkdir()
     port_file = profile / "DevToolsActivePort"
     process = ManagedProcess(
         "chromium",
-        [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        [executable, *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={profile}", "about:blank"],
         env={"HOME": str(workdir), "PATH": "/usr/bin:/bin"},
         workdir=workdir,
     )

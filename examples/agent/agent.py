@@ -1,5 +1,6 @@
 """A minimal agent on lkps-agent: it greets whoever starts a session, over a data message,
-and echoes what they send.
+echoes what they send, and plays their microphone back to them (an echo test), saying
+once a second how loud it hears them.
 
 Against `lkps dev` (and `livekit-server --dev`) on this machine:
 
@@ -95,6 +96,20 @@ async def entrypoint(ctx: JobContext) -> None:
 
     client = await ctx.wait_for_participant()
     await greet()
+    echoes: set[asyncio.Task[None]] = set()
+
+    @ctx.room.on("track_subscribed")
+    def on_track(
+        track: rtc.Track, _publication: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant
+    ) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and who.identity == client.identity:
+            echo = asyncio.create_task(_echo(ctx.room, track))
+            echoes.add(echo)
+            echo.add_done_callback(echoes.discard)
+
+    for publication in client.track_publications.values():  # published before we joined
+        if publication.track is not None:
+            on_track(publication.track, publication, client)
     # Stay until the client leaves (the job, and the agent's seat, end with the entrypoint).
     left = asyncio.Event()
     ctx.room.on(
@@ -102,6 +117,33 @@ async def entrypoint(ctx: JobContext) -> None:
         lambda participant: left.set() if participant.identity == client.identity else None,
     )
     await left.wait()
+
+
+async def _echo(room: rtc.Room, track: rtc.Track) -> None:
+    """Play the client's audio back as the agent's own track, and publish once a second
+    what was heard: `{"heard": {"frames": n, "level": rms}}` (rms of the last second,
+    0 to 1), so that a client sees its microphone reach the agent."""
+    source = rtc.AudioSource(48_000, 1)
+    echo = rtc.LocalAudioTrack.create_audio_track("echo", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    await room.local_participant.publish_track(echo, options)
+    frames, squares, samples = 0, 0.0, 0
+    loop = asyncio.get_running_loop()
+    next_report = loop.time() + 1.0
+    async for event in rtc.AudioStream(track, sample_rate=48_000, num_channels=1):
+        frame = event.frame
+        await source.capture_frame(frame)
+        pcm = frame.data  # int16 samples
+        frames += 1
+        squares += sum(sample * sample for sample in pcm)
+        samples += len(pcm)
+        if loop.time() >= next_report:
+            level = (squares / samples) ** 0.5 / 32768 if samples else 0.0
+            heard = {"heard": {"frames": frames, "level": round(level, 4)}}
+            await room.local_participant.publish_data(
+                json.dumps(heard), reliable=True, topic=GREETING_TOPIC
+            )
+            squares, samples, next_report = 0.0, 0, loop.time() + 1.0
 
 
 def _report(ctx: JobContext, metadata: dict[str, Any]) -> None:

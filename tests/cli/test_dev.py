@@ -221,10 +221,7 @@ def test_the_banner_commands_work_as_printed_on_another_port(tmp_path: Path) -> 
         assert "8080" not in banner
         assert banner.count("uv run") == banner.count("python3 -m uv run") >= 4
         [agent] = [line for line in banner.splitlines() if "examples/agent/agent.py" in line]
-        assert agent.endswith(
-            f"LKPS_ENVIRONMENT=dev LKPS_URL={base} python3 -m uv run python "
-            "examples/agent/agent.py start"
-        )
+        assert f"python3 -m uv run lkps dev agent --url {base} " in agent
 
         # The registration helper it names holds the agent present (while the "Try it"
         # commands run, however slowly, and past the TTL), and takes it away on SIGTERM
@@ -266,7 +263,7 @@ def test_the_readme_walkthrough_works_as_printed_at_a_readers_pace(tmp_path: Pat
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     shell = newcomer_shell()
-    readme = (ROOT / "README.md").read_text().split("## Try it in five minutes", 1)[1]
+    readme = (ROOT / "README.md").read_text().split("## The API by hand", 1)[1]
     walkthrough = readme.split("```sh\n", 1)[1].split("```", 1)[0]
     # The one change: this instance's port instead of the default.
     assert "127.0.0.1:8080" in walkthrough

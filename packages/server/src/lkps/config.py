@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     livekit_url: str = ""
     livekit_api_key: str = ""
     livekit_api_secret: SecretStr = SecretStr("")
+    # `lkps dev` only: the livekit-server binary it runs beside LKPS (lkps.cli.livekit_dev).
+    livekit_server_bin: Path | None = None
 
     # Entra ID token validation (contract §1).
     entra_tenant_id: str = ""

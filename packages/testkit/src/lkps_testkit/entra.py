@@ -130,6 +130,9 @@ class EntraDouble:
     user_domain: str = "contoso.example"
     # Registered confidential clients for the token endpoint: client id -> secret.
     client_secrets: dict[str, str] = field(default_factory=dict)
+    # A secret every client id (a UUID) may use besides those: `lkps dev`'s public dev
+    # secret, so that any agent id runs against a dev instance (`lkps dev agent --agent`).
+    any_client_secret: str | None = None
     # Certificates registered on a client's app registration (client assertion, PS256/RS256).
     client_certificates: dict[str, list[x509.Certificate]] = field(default_factory=dict)
     # Federated identity credentials (workload identity): client id -> credentials.
@@ -336,10 +339,13 @@ class EntraDouble:
         if form.get("grant_type") != "client_credentials":
             return _aad_error(400, "unsupported_grant_type", "AADSTS70003", "unsupported grant")
         client_id = str(form.get("client_id", ""))
+        secrets_of_clients = self.client_secrets
+        if self.any_client_secret is not None and _is_uuid(client_id):
+            secrets_of_clients = {client_id: self.any_client_secret, **self.client_secrets}
         if not any(
             client_id in registered
             for registered in (
-                self.client_secrets,
+                secrets_of_clients,
                 self.client_certificates,
                 self.federated_credentials,
             )
@@ -352,7 +358,7 @@ class EntraDouble:
             if failure is not None:
                 return failure
         elif "client_secret" in form:
-            expected = self.client_secrets.get(client_id)
+            expected = secrets_of_clients.get(client_id)
             if expected is None or not secrets.compare_digest(
                 str(form.get("client_secret", "")), expected
             ):
@@ -502,6 +508,14 @@ class EntraDouble:
 
     def _known_tenant(self, request: Request) -> bool:
         return request.path_params["tenant"] in {self.tenant_id, "common", "organizations"}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 async def _url_encoded_form(request: Request) -> dict[str, str]:

@@ -8,8 +8,11 @@ every non-dev configuration refuses (`Settings.check_servable`).
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 from types import FrameType
@@ -18,6 +21,15 @@ from typing import TYPE_CHECKING
 import typer
 
 from lkps.cli.common import fail, load_settings, uvicorn_options
+from lkps.cli.livekit_dev import (
+    DEFAULT_HTTP_PORT,
+    PREFIX,
+    LiveKitPlan,
+    LiveKitProcess,
+    LiveKitUnavailable,
+    find_binary,
+    webhook_url,
+)
 from lkps.config import DEV_AUDIENCE, DEV_JWKS_PATH, DEV_TENANT_ID, ConfigurationError, Settings
 from lkps.logs import configure_logging
 from lkps.origins import origin_of
@@ -66,10 +78,17 @@ def identity_provider(state_dir: Path) -> EntraDouble:
         keys=[key],
         user_domain="dev.lkps.example",
         client_secrets={DEV_AGENT_ID: DEV_APP_SECRET, DEV_CLIENT_ID: DEV_APP_SECRET},
+        # Any other app id too: `lkps dev agent --agent ID` runs the example as that agent.
+        any_client_secret=DEV_APP_SECRET,
     )
 
 
-def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Settings:
+def dev_settings(
+    base: Settings, *, host: str, port: int, state_dir: Path, livekit_url: str | None = None
+) -> Settings:
+    """The dev instance's settings: `base` (LKPS_* variables) with the dev identity
+    provider, the dev allow-list, and LiveKit at `livekit_url` (the livekit-server `lkps
+    dev` runs) or else LKPS_LIVEKIT_URL or `livekit-server --dev`'s address."""
     if not base.is_dev:
         fail(
             f"`lkps dev` refuses LKPS_ENV={base.env}: its identity provider is for development only"
@@ -80,7 +99,7 @@ def dev_settings(base: Settings, *, host: str, port: int, state_dir: Path) -> Se
         "entra_tenant_id": DEV_TENANT_ID,
         "entra_audiences": [DEV_AUDIENCE],
         "entra_jwks_url": f"http://{host}:{port}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/discovery/v2.0/keys",
-        "livekit_url": base.livekit_url or DEV_LIVEKIT_URL,
+        "livekit_url": livekit_url or base.livekit_url or DEV_LIVEKIT_URL,
         "livekit_api_key": base.livekit_api_key or DEV_LIVEKIT_KEY,
         "cors_allow_origins": base.cors_allow_origins or [origin_of(host, port), *DEV_CORS_ORIGINS],
     }
@@ -104,8 +123,19 @@ def dev(
     host: str = typer.Option(DEV_HOST, help="Bind address"),
     port: int = typer.Option(DEV_PORT, help="Port"),
     state_dir: Path = STATE_DIR_OPTION,
+    no_livekit: bool = typer.Option(
+        False, "--no-livekit", help="Do not run a livekit-server (bring your own)"
+    ),
+    livekit_port: int = typer.Option(
+        DEFAULT_HTTP_PORT,
+        "--livekit-port",
+        min=0,
+        max=65_535,
+        help="The livekit-server's port when free (0: any free port)",
+    ),
 ) -> None:
-    """Start LKPS with SQLite and the development identity provider."""
+    """Start LKPS with SQLite and the development identity provider, and a livekit-server
+    in dev mode beside it when one is available (see --no-livekit)."""
     if ctx.invoked_subcommand is not None:
         return
     import httpx
@@ -113,9 +143,18 @@ def dev(
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
+    from lkps.api.playground import install_playground
     from lkps.app import create_app
 
-    settings = dev_settings(load_settings(), host=host, port=port, state_dir=state_dir)
+    base = load_settings()
+    livekit = None if no_livekit else _livekit_plan(base, livekit_port)
+    settings = dev_settings(
+        base,
+        host=host,
+        port=port,
+        state_dir=state_dir,
+        livekit_url=livekit.url if livekit else None,
+    )
     try:
         settings.cors_origins()
     except ConfigurationError as exc:
@@ -130,9 +169,64 @@ def dev(
         jwks_transport=httpx.ASGITransport(app=idp_app),
         mounts={DEV_JWKS_PATH: idp.asgi_app()},
     )
+    install_playground(
+        application,
+        _PlaygroundSignIn(idp, settings.auditor_role),
+        livekit_url=settings.livekit_url,
+        agent_id=DEV_AGENT_ID,
+        client_id=DEV_CLIENT_ID,
+    )
+    server = None
+    if livekit is not None:
+        server = LiveKitProcess(
+            livekit,
+            livekit.config(
+                api_key=settings.livekit_api_key,
+                api_secret=settings.livekit_api_secret.get_secret_value(),
+                webhook_url=webhook_url(settings.host, settings.port),
+            ),
+            state_dir,
+            sys.stdout,
+        )
+        server.start()
     # Flushed: read from a file or pipe (`lkps dev > dev.log`) before the first request.
-    print(_banner(settings, state_dir), flush=True)
-    uvicorn.run(application, **uvicorn_options(settings))
+    print(_banner(settings, state_dir, livekit=server), flush=True)
+    try:
+        uvicorn.run(application, **uvicorn_options(settings))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+class _PlaygroundSignIn:
+    """The playground's sign-in (lkps.api.playground.DevSignIn): the dev identity
+    provider's tokens, as `lkps dev token` mints them."""
+
+    def __init__(self, idp: EntraDouble, auditor_role: str) -> None:
+        self._idp = idp
+        self._auditor_role = auditor_role
+
+    def user_token(self, user: str, client_id: str) -> str:
+        return self._idp.user_token(audience=DEV_AUDIENCE, client_app_id=client_id, username=user)
+
+    def auditor_token(self) -> str:
+        return self._idp.app_token(
+            audience=DEV_AUDIENCE, client_app_id=DEV_CLIENT_ID, roles=[self._auditor_role]
+        )
+
+
+def _livekit_plan(base: Settings, livekit_port: int) -> LiveKitPlan | None:
+    """The livekit-server to run, or None (saying why in one line) when there is none,
+    or when LKPS_LIVEKIT_URL names a LiveKit of the developer's own."""
+    if base.livekit_url:
+        typer.echo(f"lkps dev: LiveKit is LKPS_LIVEKIT_URL={base.livekit_url}; not starting one")
+        return None
+    try:
+        binary = find_binary(base.livekit_server_bin, cwd=Path.cwd(), path=os.environ.get("PATH"))
+    except LiveKitUnavailable as exc:
+        typer.secho(f"lkps dev: {exc}", err=True, fg=typer.colors.YELLOW)
+        return None
+    return LiveKitPlan.choose(binary, livekit_port)
 
 
 @app.command("token")
@@ -237,6 +331,64 @@ def register(
         typer.echo(f"deregistered agent {answer['agent_name']}")
 
 
+@app.command("agent")
+def agent(
+    agent: str = typer.Option(DEV_AGENT_ID, "--agent", help="The agent's app id"),
+    url: str = typer.Option(DEV_URL, "--url", help="The dev instance"),
+    wait: float = typer.Option(
+        30.0, "--wait", min=0, help="Seconds to wait for the dev instance to answer"
+    ),
+) -> None:
+    """Run the example agent (examples/agent/agent.py, the agent guide's) against a
+    running `lkps dev`, as agent AGENT: the dev identity provider issues its app token
+    for the public dev secret. An agent other than the dev allow-list's registers with
+    client authorization off, so that the dev client (and the playground) may start
+    sessions with it. Ctrl-C stops it (it deregisters)."""
+    import httpx
+
+    if not load_settings().is_dev:
+        fail("`lkps dev agent` only runs with LKPS_ENV=dev")
+    try:
+        agent_id = str(uuid.UUID(agent))
+    except ValueError:
+        fail(f"--agent {agent!r} is not an app id (a UUID)")
+    script = example_agent()
+    base = url.rstrip("/")
+    # Started together with `lkps dev`, it waits for the instance to come up.
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            httpx.get(f"{base}/api/health", timeout=5).raise_for_status()
+            break
+        except httpx.HTTPError as exc:
+            if time.monotonic() >= deadline:
+                fail(f"cannot reach LKPS at {base} (is `lkps dev` running there?): {exc}", 1)
+            time.sleep(0.5)
+    environment = dict(os.environ)
+    environment.update(LKPS_ENVIRONMENT="dev", LKPS_URL=base, LKPS_AUTH="dev")
+    environment.update(AZURE_CLIENT_ID=agent_id, AZURE_CLIENT_SECRET=DEV_APP_SECRET)
+    if agent_id != DEV_AGENT_ID:
+        environment.setdefault("LKPS_ENFORCE_CLIENT_AUTHZ", "false")
+    # livekit-agents' health endpoint would take port 8081; any free one serves here.
+    environment.setdefault("AGENT_HTTP_PORT", "0")
+    typer.echo(f"lkps dev agent: {script} as agent {agent_id} against {base}", err=True)
+    sys.stdout.flush()
+    # The agent takes this process over: Ctrl-C and SIGTERM reach it directly.
+    os.execve(sys.executable, [sys.executable, str(script), "start"], environment)  # noqa: S606
+
+
+def example_agent() -> Path:
+    """examples/agent/agent.py: in the folder `lkps dev agent` runs in (the checkout), or
+    in the checkout this lkps is installed from (uv's editable install)."""
+    import lkps
+
+    relative = Path("examples", "agent", "agent.py")
+    for root in (Path.cwd(), Path(lkps.__file__).resolve().parents[4]):
+        if (root / relative).is_file():
+            return root / relative
+    fail(f"no {relative} here: run `lkps dev agent` in the LKPS checkout")
+
+
 def _interrupt(_signal: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -264,28 +416,41 @@ def decode(token: str = typer.Argument(..., help="A LiveKit token from this dev 
     typer.echo(json.dumps(claims, indent=2, ensure_ascii=False))
 
 
+def _livekit_line(livekit: LiveKitProcess | None) -> str:
+    if livekit is None:
+        return ""
+    plan = livekit.plan
+    return (
+        f"\n                 livekit-server {plan.binary} (pid {livekit.pid}; ICE UDP "
+        f'127.0.0.1:{plan.udp_port}; webhooks to LKPS; its output: lines "{PREFIX.strip()}")'
+    )
+
+
 # How the README and the banner spell a command: what works after `pip install uv` alone.
 RUN = "python3 -m uv run"
 
 
-def _banner(settings: Settings, state_dir: Path) -> str:
+def _banner(settings: Settings, state_dir: Path, livekit: LiveKitProcess | None = None) -> str:
     """What `lkps dev` prints: where it serves, and commands that work as printed
     against this instance (its port, its state folder) from the folder it runs in."""
+    from lkps.api.playground import PLAYGROUND_PATH
+
     base = f"http://{settings.host}:{settings.port}"
     state = "" if state_dir == STATE_DIR_OPTION.default else f" --state-dir {state_dir}"
-    agent_env = "LKPS_ENVIRONMENT=dev" + ("" if base == DEV_URL else f" LKPS_URL={base}")
+    at = "" if base == DEV_URL else f" --url {base}"
     return f"""
 LKPS dev instance (LKPS_ENV=dev; development identity provider)
+  playground     {base}{PLAYGROUND_PATH}   (sign in, start a session, talk to the agent)
   API            {base}/api        docs: {base}/api/docs
   health         {base}/api/health/ready
   dev JWKS       {settings.jwks_url}
   browser CORS   {", ".join(settings.cors_allow_origins)}
-  LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key})
+  LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key}){_livekit_line(livekit)}
   database       {settings.database_url}
   allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
   token endpoint {base}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/oauth2/v2.0/token
                  (client credentials for either app id above, secret "{DEV_APP_SECRET}")
-  example agent  {agent_env} {RUN} python examples/agent/agent.py start
+  example agent  {RUN} lkps dev agent{at}   (examples/agent/agent.py, as agent {DEV_AGENT_ID})
 
 Try it (another terminal, same folder):
   AGENT_TOKEN=$({RUN} lkps dev token --agent {DEV_AGENT_ID}{state})
