@@ -32,9 +32,13 @@ from lkps.limits.buckets import BucketStore, LocalBuckets
 from lkps.limits.limiter import LimitSettings, RateLimiter
 from lkps.limits.redis import RedisBuckets
 from lkps.livekit import TokenMinter
+from lkps.livekit.dispatch import AgentDispatcher, LiveKitDispatcher
+from lkps.livekit.webhooks import WebhookVerifier
 from lkps.outbound import outbound_tls
 from lkps.sessions import SessionService
+from lkps.sessions.lifecycle import SessionLifecycle
 from lkps.sessions.metrics import count_session_start
+from lkps.sessions.reading import SessionRecords
 from lkps.store import Database
 from lkps.store.preflight import prepare_database
 
@@ -53,6 +57,9 @@ class Services:
     sessions: SessionService
     authorization: AuthorizationService
     sweeper: PresenceSweeper
+    lifecycle: SessionLifecycle
+    session_records: SessionRecords
+    webhooks: WebhookVerifier
     # Set when LKPS_AGENT_CONNECTION=gateway.
     gateway: AgentGateway | None = None
     background: BackgroundJobs = field(default_factory=BackgroundJobs)
@@ -134,6 +141,7 @@ async def running_services(
     clock: Clock | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
     authorization_source: AuthorizationSource | None = None,
+    agent_dispatcher: AgentDispatcher | None = None,
 ) -> AsyncIterator[Services]:
     clock = clock or SystemClock()
     await prepare_database(settings.database_url)
@@ -197,6 +205,22 @@ async def running_services(
             _shutdown_step, "close the gateway's LiveKit client", upstream.aclose
         )
         authorizer = ClientAuthorizer(source)
+        dispatcher = agent_dispatcher or LiveKitDispatcher(
+            settings.effective_livekit_api_url,
+            settings.livekit_api_key,
+            settings.livekit_api_secret.get_secret_value(),
+            timeout=settings.agent_join_timeout_seconds,
+        )
+        teardown.push_async_callback(
+            _shutdown_step, "close the LiveKit dispatch client", dispatcher.aclose
+        )
+        lifecycle = SessionLifecycle(
+            db,
+            audit,
+            dispatcher,
+            clock,
+            agent_join_timeout=settings.agent_join_timeout_seconds,
+        )
         services = Services(
             db=db,
             audit=audit,
@@ -235,12 +259,21 @@ async def running_services(
                 minter,
                 limits,
                 clock,
+                lifecycle,
                 livekit_url=settings.livekit_url,
                 max_participants=settings.room_max_participants,
                 participant_token_ttl=settings.participant_token_ttl,
             ),
             authorization=AuthorizationService(overrides, roles),
             sweeper=PresenceSweeper(registry, audit),
+            lifecycle=lifecycle,
+            session_records=SessionRecords(lifecycle, roles),
+            webhooks=WebhookVerifier(
+                settings.livekit_api_key,
+                settings.livekit_api_secret.get_secret_value(),
+                clock,
+                max_age_seconds=settings.livekit_webhook_max_age_seconds,
+            ),
             gateway=(
                 build_gateway(settings, audit, minter, gateway_credentials, upstream)
                 if gateway_credentials is not None
@@ -259,6 +292,11 @@ async def running_services(
         services.background.every("lkps-jwks-refresh", jwks.refresh, jwks.next_refresh_in)
         services.background.every(
             "lkps-presence-sweeper", services.sweeper.run_once, max(1.0, settings.presence_ttl / 3)
+        )
+        services.background.every(
+            "lkps-session-no-shows",
+            lifecycle.check_no_shows,
+            min(1.0, settings.agent_join_timeout_seconds / 4),
         )
         yield services
 
