@@ -169,14 +169,22 @@ async def _admin(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def bench_database() -> Iterator[str]:
-    """A fresh database, migrated; dropped on the way out. Yields its name."""
+def bench_database(source: Path | None = None) -> Iterator[str]:
+    """A fresh database, migrated (by the LKPS at `source`, a baseline's worktree, when
+    given: its schema may be older than this checkout's); dropped on the way out. Yields
+    its name."""
     name = f"lkps_bench_{secrets.token_hex(4)}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         env = clean_env() | {"LKPS_DATABASE_URL": sqlalchemy_url(name), "LKPS_ENV": "np"}
+        if source is not None:
+            env["PYTHONPATH"] = str(source / "packages" / "server" / "src")
         subprocess.run(
-            [str(VENV_BIN / "lkps"), "db", "upgrade"], env=env, check=True, timeout=120, cwd=ROOT
+            [str(VENV_BIN / "python"), "-m", "lkps", "db", "upgrade"],
+            env=env,
+            check=True,
+            timeout=120,
+            cwd=ROOT,
         )
         yield name
     finally:
@@ -359,19 +367,23 @@ def lkps_uvicorn(
     return ServerSpec(name, "lkps", [str(VENV_BIN / "lkps"), "serve"], env, port, metrics_port)
 
 
-def lkps_baseline(
-    ids: Identities, database: str, workers: int, out: Path, rev: str
-) -> tuple[ServerSpec, Path]:
-    """LKPS as it was at `rev`: its `packages/server/src` (a detached git worktree under
-    `out`) ahead of this checkout's on the path, with this checkout's environment. For
-    before/after figures from one run, on one machine state; the store's schema must be
-    the same at both revisions."""
+def baseline_source(out: Path, rev: str) -> Path:
+    """A detached git worktree of `rev` under `out`."""
     source = out / f"baseline-{rev}"
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(source), rev],
         check=True,
         capture_output=True,
     )
+    return source
+
+
+def lkps_baseline(
+    ids: Identities, database: str, workers: int, out: Path, rev: str, source: Path
+) -> tuple[ServerSpec, Path]:
+    """LKPS as it was at `rev`: its `packages/server/src` (`source`) ahead of this
+    checkout's on the path, with this checkout's environment, on a database of its own
+    migrated by it. For before/after figures from one run, on one machine state."""
     port, metrics_port = free_port(), free_port()
     env = lkps_env(ids, database, port, metrics_port, workers, out, redis=False)
     env["PYTHONPATH"] = str(source / "packages" / "server" / "src")
@@ -1221,12 +1233,14 @@ def main() -> int:
             if args.profile and not ctx.profile_spy:
                 say("py-spy not found (uv tool install py-spy): no profile")
             if args.baseline:
-                spec, source = lkps_baseline(ids, database, args.workers, out, args.baseline)
+                source = baseline_source(out, args.baseline)
                 stack.callback(
                     subprocess.run,
                     ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(source)],
                     check=False,
                 )
+                baseline_db = stack.enter_context(bench_database(source))
+                spec, _ = lkps_baseline(ids, baseline_db, args.workers, out, args.baseline, source)
                 measure_server(ctx, spec, label="empty store", paced_repeats=args.repeats)
             measure_server(
                 ctx,
