@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from livekit.protocol.webhook import WebhookEvent
+from prometheus_client import REGISTRY
 
 from lkps.audit import AuditRecord
 from lkps_testkit.livekit import LiveKitDouble
@@ -72,6 +73,10 @@ async def read_session(lkps: Lkps, session_id: str, token: str | None = None) ->
     )
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def auditor(lkps: Lkps) -> str:
     return lkps.user_token("ops.auditor", roles=["LKPS.Auditor"])
 
@@ -79,6 +84,8 @@ def auditor(lkps: Lkps) -> str:
 async def test_a_full_session_shows_every_step_and_its_duration(
     lkps: Lkps, clock: FakeClock
 ) -> None:
+    ended_before = sample("lkps_sessions_ended_total", final_state="agent_joined")
+    joins_before = sample("lkps_session_grant_to_agent_seconds_count")
     session = await started(lkps)
     room, now = session["room_name"], clock.now
     assert (await send(lkps, event("room_started", room, created=now()))).json() == {
@@ -122,6 +129,8 @@ async def test_a_full_session_shows_every_step_and_its_duration(
     ended = json.loads(records[-1].details or "{}")
     assert ended["duration_seconds"] == pytest.approx(45) and ended["agent_joined"] is True
     assert json.loads(records[1].details or "{}")["seconds_since_grant"] == pytest.approx(5)
+    assert sample("lkps_sessions_ended_total", final_state="agent_joined") == ended_before + 1
+    assert sample("lkps_session_grant_to_agent_seconds_count") == joins_before + 1
 
 
 async def test_repeated_and_out_of_order_events_record_each_step_once(
@@ -203,6 +212,9 @@ async def no_show_scan(lkps: Lkps) -> None:
 async def test_an_agent_that_does_not_join_is_recorded_missing_and_dispatched_once_more(
     lk: Lkps, clock: FakeClock, livekit: LiveKitDouble
 ) -> None:
+    missing_before = sample("lkps_session_agent_missing_total")
+    dispatched_before = sample("lkps_session_redispatches_total", outcome="dispatched")
+    worked_before = sample("lkps_session_redispatch_joined_total")
     session = await started(lk, metadata={"topic": "billing", "n": 1})
     room, now = session["room_name"], clock.now
     await send(lk, event("participant_joined", room, created=now(), identity="alice"))
@@ -234,6 +246,9 @@ async def test_an_agent_that_does_not_join_is_recorded_missing_and_dispatched_on
     records = await lifecycle_records(lk)
     assert records[-1].event == "session.agent_joined"
     assert json.loads(records[-1].details or "{}")["after_redispatch"] is True
+    assert sample("lkps_session_agent_missing_total") == missing_before + 1
+    assert sample("lkps_session_redispatches_total", outcome="dispatched") == dispatched_before + 1
+    assert sample("lkps_session_redispatch_joined_total") == worked_before + 1
     view = (await read_session(lk, session["session_id"])).json()
     assert view["redispatched"] is True and view["redispatch_id"] == dispatch.id
     assert [s["step"] for s in view["steps"]] == [
@@ -385,6 +400,7 @@ async def test_webhooks_not_signed_by_livekit_for_this_body_are_refused(
         (body_of(old), {"Authorization": signature(body_of(old))}),  # an old event replayed
         (body.encode("utf-16").decode("latin-1"), {"Authorization": signature(body)}),
     ]
+    refused_before = sample("lkps_livekit_webhooks_total", event="-", result="refused")
     for content, headers in attempts:
         response = await lkps.http.post(WEBHOOK, content=content, headers=headers)
         assert response.status_code == 401, (content[:40], headers)
@@ -403,6 +419,8 @@ async def test_webhooks_not_signed_by_livekit_for_this_body_are_refused(
     assert await lifecycle_records(lkps) == []
     view = (await read_session(lkps, session["session_id"])).json()
     assert view["state"] == "granted"
+    refused = sample("lkps_livekit_webhooks_total", event="-", result="refused")
+    assert refused == refused_before + len(attempts) + 2
 
 
 async def test_a_grant_whose_record_fails_leaves_no_session(lkps: Lkps) -> None:
