@@ -1,55 +1,18 @@
-"""LiveKit webhook requests as livekit-server signs them: the body is the event's JSON,
-the `Authorization` header a JWT (issuer = API key, HS256 with the API secret) whose
-`sha256` claim is the body's digest, valid for 5 minutes."""
+"""Signed LiveKit webhooks for the tests' LKPS (its LiveKit key and secret)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
-from datetime import datetime, timedelta
-
-from google.protobuf.json_format import MessageToJson
-from livekit.api import AccessToken
-from livekit.protocol.models import ParticipantInfo, Room
 from livekit.protocol.webhook import WebhookEvent
 
+from lkps_testkit.livekit.webhooks import webhook_body, webhook_event, webhook_signature
 from tests.conftest import LIVEKIT_KEY, LIVEKIT_SECRET
 
-
-def event(
-    kind: str,
-    room: str,
-    *,
-    created: datetime,
-    room_sid: str = "RM_original",
-    identity: str = "",
-    agent: bool = False,
-) -> WebhookEvent:
-    message = WebhookEvent(
-        event=kind,
-        room=Room(name=room, sid=room_sid),
-        id=f"EV_{secrets.token_hex(6)}",
-        created_at=int(created.timestamp()),
-    )
-    if identity:
-        message.participant.CopyFrom(
-            ParticipantInfo(
-                identity=identity,
-                sid=f"PA_{secrets.token_hex(4)}",
-                kind=ParticipantInfo.Kind.AGENT if agent else ParticipantInfo.Kind.STANDARD,
-            )
-        )
-    return message
-
-
-def body_of(message: WebhookEvent) -> str:
-    return MessageToJson(message)
+event = webhook_event
+body_of = webhook_body
 
 
 def signature(body: str, *, key: str = LIVEKIT_KEY, secret: str = LIVEKIT_SECRET) -> str:
-    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-    return AccessToken(key, secret).with_sha256(digest).with_ttl(timedelta(minutes=5)).to_jwt()
+    return webhook_signature(body, key=key, secret=secret)
 
 
 def signed(message: WebhookEvent) -> tuple[str, dict[str, str]]:
