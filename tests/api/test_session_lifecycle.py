@@ -430,3 +430,26 @@ async def test_a_grant_whose_record_fails_leaves_no_session(lkps: Lkps) -> None:
     await lkps.services.audit.start()
     headers = {"Authorization": f"Bearer {auditor(lkps)}"}
     assert (await lkps.http.get("/api/sessions", headers=headers)).json() == {"sessions": []}
+
+
+async def test_concurrent_grants_each_get_their_session_row(lkps: Lkps) -> None:
+    assert (await lkps.register()).status_code == 200
+    tokens = [lkps.user_token(f"user{index}") for index in range(20)]
+    answers = await asyncio.gather(*(lkps.start_session(token=token) for token in tokens))
+    assert [answer.status_code for answer in answers] == [200] * 20
+    headers = {"Authorization": f"Bearer {auditor(lkps)}"}
+    listed = (await lkps.http.get("/api/sessions", headers=headers)).json()["sessions"]
+    assert sorted(s["session_id"] for s in listed) == sorted(
+        a.json()["session_id"] for a in answers
+    )
+
+
+async def test_no_token_leaves_without_its_session_row(lkps: Lkps) -> None:
+    assert (await lkps.register()).status_code == 200
+    await lkps.services.ledger.stop()
+    refused = await lkps.start_session()
+    assert refused.status_code == 503 and "participant_token" not in refused.json()
+    await lkps.services.ledger.start()
+    assert (await lkps.start_session()).status_code == 200
+    starts = [r for r in await lkps.audit_records() if r.event == "session.start"]
+    assert [(r.outcome, r.status) for r in starts] == [("denied", 503), ("granted", 200)]

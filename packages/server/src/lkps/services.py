@@ -36,6 +36,7 @@ from lkps.livekit.dispatch import AgentDispatcher, LiveKitDispatcher
 from lkps.livekit.webhooks import WebhookVerifier
 from lkps.outbound import outbound_tls
 from lkps.sessions import SessionService
+from lkps.sessions.ledger import SessionLedger
 from lkps.sessions.lifecycle import SessionLifecycle
 from lkps.sessions.metrics import count_session_start
 from lkps.sessions.reading import SessionRecords
@@ -58,6 +59,7 @@ class Services:
     authorization: AuthorizationService
     sweeper: PresenceSweeper
     lifecycle: SessionLifecycle
+    ledger: SessionLedger
     session_records: SessionRecords
     webhooks: WebhookVerifier
     # Set when LKPS_AGENT_CONNECTION=gateway.
@@ -214,8 +216,10 @@ async def running_services(
         teardown.push_async_callback(
             _shutdown_step, "close the LiveKit dispatch client", dispatcher.aclose
         )
+        ledger = SessionLedger(db)
         lifecycle = SessionLifecycle(
             db,
+            ledger,
             audit,
             dispatcher,
             clock,
@@ -267,6 +271,7 @@ async def running_services(
             authorization=AuthorizationService(overrides, roles),
             sweeper=PresenceSweeper(registry, audit),
             lifecycle=lifecycle,
+            ledger=ledger,
             session_records=SessionRecords(lifecycle, roles),
             webhooks=WebhookVerifier(
                 settings.livekit_api_key,
@@ -282,6 +287,8 @@ async def running_services(
         )
         await audit.start()
         teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
+        await ledger.start()
+        teardown.push_async_callback(_shutdown_step, "stop the session ledger", ledger.stop)
         await jwks.refresh()
         await source.start()
         with contextlib.suppress(ServiceUnavailable):

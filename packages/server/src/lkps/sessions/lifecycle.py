@@ -36,6 +36,7 @@ from lkps.metrics import (
     SESSION_REDISPATCHES,
     SESSIONS_ENDED,
 )
+from lkps.sessions.ledger import SessionLedger
 from lkps.sessions.records import SessionFacts, SessionGrant, SessionState
 from lkps.store import Database
 from lkps.store import sessions as store
@@ -51,6 +52,7 @@ class SessionLifecycle:
     def __init__(
         self,
         db: Database,
+        ledger: SessionLedger,
         audit: AuditLog,
         dispatcher: AgentDispatcher,
         clock: Clock,
@@ -58,6 +60,7 @@ class SessionLifecycle:
         agent_join_timeout: float,
     ) -> None:
         self._db = db
+        self._ledger = ledger
         self._audit = audit
         self._dispatcher = dispatcher
         self._clock = clock
@@ -66,7 +69,7 @@ class SessionLifecycle:
     # The grant.
 
     async def granted(self, grant: SessionGrant) -> None:
-        await store.insert_session(self._db, grant)
+        await self._ledger.add(grant)
 
     async def forget(self, session_id: str) -> None:
         await store.delete_session(self._db, session_id)

@@ -129,33 +129,35 @@ class SessionRow(Base):
         Index("ix_sessions_state_joined", "state", "client_joined_at"),
     )
 
+    # What LiveKit's events and the caller's claims fill is TEXT: no value of theirs can
+    # fail a write (the grant's rows are written in batches, see lkps.sessions.ledger).
     session_id: Mapped[str] = mapped_column(PortableString(36), primary_key=True)
-    room_name: Mapped[str] = mapped_column(PortableString(512), unique=True)
+    room_name: Mapped[str] = mapped_column(PortableText(), unique=True)
     agent_id: Mapped[str] = mapped_column(PortableString(36))
     state: Mapped[str] = mapped_column(PortableString(16))
     via: Mapped[str] = mapped_column(PortableString(16))
     actor_tenant_id: Mapped[str | None] = mapped_column(PortableString(64))
     actor_object_id: Mapped[str | None] = mapped_column(PortableString(64))
-    actor_cwid: Mapped[str] = mapped_column(PortableString(256))
+    actor_cwid: Mapped[str] = mapped_column(PortableText())
     client_app_id: Mapped[str] = mapped_column(PortableString(64))
     app_only: Mapped[bool] = mapped_column(Boolean)
     # The dispatch metadata as the agent received it: a re-dispatch sends the same.
     dispatch_metadata: Mapped[str] = mapped_column(PortableText())
     granted_at: Mapped[datetime]
-    room_sid: Mapped[str | None] = mapped_column(PortableString(64))
-    client_identity: Mapped[str | None] = mapped_column(PortableString(256))
-    client_sid: Mapped[str | None] = mapped_column(PortableString(64))
+    room_sid: Mapped[str | None] = mapped_column(PortableText())
+    client_identity: Mapped[str | None] = mapped_column(PortableText())
+    client_sid: Mapped[str | None] = mapped_column(PortableText())
     client_joined_at: Mapped[datetime | None]
-    agent_identity: Mapped[str | None] = mapped_column(PortableString(256))
-    agent_sid: Mapped[str | None] = mapped_column(PortableString(64))
-    job_id: Mapped[str | None] = mapped_column(PortableString(64))
+    agent_identity: Mapped[str | None] = mapped_column(PortableText())
+    agent_sid: Mapped[str | None] = mapped_column(PortableText())
+    job_id: Mapped[str | None] = mapped_column(PortableText())
     agent_joined_at: Mapped[datetime | None]
     # No-show handling: 0 none, 1 agent missing and re-dispatched, 2 missing after that.
     no_show_stage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     agent_missing_at: Mapped[datetime | None]
-    redispatch_id: Mapped[str | None] = mapped_column(PortableString(64))
+    redispatch_id: Mapped[str | None] = mapped_column(PortableText())
     ended_at: Mapped[datetime | None]
     # The last state reached before the end (how far the session got).
     final_state: Mapped[str | None] = mapped_column(PortableString(16))
     reopened_at: Mapped[datetime | None]
-    reopened_room_sid: Mapped[str | None] = mapped_column(PortableString(64))
+    reopened_room_sid: Mapped[str | None] = mapped_column(PortableText())

@@ -30,9 +30,8 @@ def _facts(row: Sequence[Any]) -> SessionFacts:
     return SessionFacts(*row)
 
 
-async def insert_session(db: Database, grant: SessionGrant) -> None:
-    """One INSERT in autocommit: the grant path's only extra statement."""
-    values = {
+def _granted_row(grant: SessionGrant) -> dict[str, Any]:
+    return {
         "session_id": grant.session_id,
         "room_name": grant.room_name,
         "agent_id": grant.agent_id,
@@ -48,8 +47,13 @@ async def insert_session(db: Database, grant: SessionGrant) -> None:
         "no_show_stage": 0,
     }
 
+
+async def insert_sessions(db: Database, grants: list[SessionGrant]) -> None:
+    """Granted sessions, in one multi-row INSERT (autocommit on PostgreSQL)."""
+    rows = [_granted_row(grant) for grant in grants]
+
     async def run(connection: AsyncConnection) -> None:
-        await connection.execute(_INSERT, values)
+        await connection.execute(_INSERT, rows)
 
     await db.statement(run)
 
