@@ -154,3 +154,34 @@ def test_options_before_the_subcommand_are_refused_saying_where_they_go(tmp_path
     )  # fmt: skip
     assert result.returncode == 2
     assert "give --url after 'override'" in result.stderr
+
+
+def test_sessions_show_and_list(served: Served, tmp_path: Path) -> None:
+    started = remote(
+        served, served.user_token(), "session", "start", "--agent", AGENT, "--json", cwd=tmp_path
+    )
+    assert started.returncode == 0, started.stderr
+    session_id = json.loads(started.stdout)["session_id"]
+
+    shown = remote(served, served.user_token(), "sessions", "show", session_id, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"session   {session_id}" in shown.stdout and "granted" in shown.stdout
+    as_json = remote(
+        served, served.user_token(), "sessions", "show", session_id, "--json", cwd=tmp_path
+    )
+    assert json.loads(as_json.stdout)["state"] == "granted"
+
+    stranger = served.user_token(username="mallory")
+    hidden = remote(served, stranger, "sessions", "show", session_id, cwd=tmp_path)
+    assert hidden.returncode == 1 and "Traceback" not in hidden.stderr
+    assert f"Session '{session_id}' was not found" in hidden.stderr
+
+    auditor = roles(served, "LKPS.Auditor")
+    listed = remote(
+        served, auditor, "sessions", "list", "--agent", AGENT, "--state", "granted", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert [s["session_id"] for s in json.loads(listed.stdout)] == [session_id]
+    refused = remote(served, served.user_token(), "sessions", "list", cwd=tmp_path)
+    assert refused.returncode == 1 and "LKPS.Auditor" in refused.stderr

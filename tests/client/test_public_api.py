@@ -46,6 +46,8 @@ PUBLIC = {
     "ServerError",
     "ServiceUnavailableError",
     "Session",
+    "SessionRecord",
+    "SessionStep",
     "TokenCredential",
     "TokenProvider",
     "TransportError",

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -163,15 +164,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_TIMEOUT)
 
 
-@pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealLiveKit]:
-    """A real livekit-server for the session: (url, api_key, api_secret)."""
+@contextmanager
+def running_livekit(
+    folder: Path, *, http_port: int | None = None, webhook_url: str | None = None
+) -> Iterator[RealLiveKit]:
+    """A livekit-server with a config of its own under `folder`; with `webhook_url`, its
+    webhooks go there, signed with its one API key (as `webhook.urls` in production)."""
     binary = find_binary()
-    folder = tmp_path_factory.mktemp("livekit-server")
     api_secret = secrets.token_urlsafe(32)
-    http_port = free_port()
+    http_port = http_port or free_port()
+    settings = server_config(http_port, api_secret)
+    if webhook_url is not None:
+        settings["webhook"] = {"api_key": API_KEY, "urls": [webhook_url]}
     config = folder / "livekit.yaml"
-    config.write_text(json.dumps(server_config(http_port, api_secret), indent=2))
+    config.write_text(json.dumps(settings, indent=2))
     log = folder / "livekit-server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -188,3 +194,10 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealLiv
         yield RealLiveKit(f"ws://127.0.0.1:{http_port}", API_KEY, api_secret, log)
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealLiveKit]:
+    """A real livekit-server for the session: (url, api_key, api_secret)."""
+    with running_livekit(tmp_path_factory.mktemp("livekit-server")) as server:
+        yield server

@@ -47,6 +47,8 @@ from lkps_client._models import (
     ChainVerification,
     Heartbeat,
     Session,
+    SessionRecord,
+    SessionStep,
 )
 from lkps_client._version import __version__
 
@@ -76,6 +78,8 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "Session",
+    "SessionRecord",
+    "SessionStep",
     "TokenCredential",
     "TokenProvider",
     "TransportError",

@@ -24,6 +24,7 @@ from lkps_client._models import (
     ChainVerification,
     Heartbeat,
     Session,
+    SessionRecord,
 )
 
 __all__ = ["AsyncLkpsClient"]
@@ -130,6 +131,23 @@ class AsyncLkpsClient(BaseClient):
         await self._send(calls.deregister_agent(registration_id))
 
     # Administration
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        """A session and its steps: yours, your app's (app-only), or any (LKPS.Auditor)."""
+        return await self._send(calls.get_session(session_id))
+
+    async def list_sessions(
+        self,
+        *,
+        agent_id: str | UUID | None = None,
+        since: datetime | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        """Sessions, newest grant first (app role LKPS.Auditor)."""
+        return await self._send(
+            calls.list_sessions(agent_id=agent_id, since=since, state=state, limit=limit)
+        )
 
     async def list_agents(self) -> list[AgentInfo]:
         """See `LkpsClient.list_agents`."""

@@ -41,12 +41,15 @@ from lkps_client._models import (
     ChainVerification,
     Heartbeat,
     Session,
+    SessionRecord,
     parse_agents,
     parse_audit_page,
     parse_heartbeat,
     parse_override,
     parse_registration,
     parse_session,
+    parse_session_record,
+    parse_session_records,
     parse_verification,
 )
 
@@ -158,6 +161,33 @@ def list_agents() -> Call[list[AgentInfo]]:
 
 
 AuditPage = tuple[list[AuditRecord], str | None]
+
+
+def get_session(session_id: str) -> Call[SessionRecord]:
+    return Call(
+        "GET",
+        f"/api/sessions/{quote(session_id, safe='')}",
+        lambda reply: parse_session_record(reply.body),
+    )
+
+
+def list_sessions(
+    *, agent_id: str | UUID | None, since: datetime | None, state: str | None, limit: int
+) -> Call[list[SessionRecord]]:
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    params = {"limit": str(limit)}
+    if agent_id is not None:
+        params["agent"] = str(agent_id)
+    if state is not None:
+        params["state"] = state
+    if since is not None:
+        if since.tzinfo is None:
+            raise ValueError("since must be timezone-aware (e.g. datetime.now(UTC))")
+        params["since"] = since.isoformat()
+    return Call(
+        "GET", "/api/sessions", lambda reply: parse_session_records(reply.body), params=params
+    )
 
 
 def audit_query(

@@ -24,6 +24,7 @@ from lkps_client._models import (
     ChainVerification,
     Heartbeat,
     Session,
+    SessionRecord,
 )
 
 __all__ = ["LkpsClient"]
@@ -152,6 +153,23 @@ class LkpsClient(BaseClient):
         self._send(calls.deregister_agent(registration_id))
 
     # Administration (app role LKPS.Admin; reading also LKPS.Auditor)
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        """A session and its steps: yours, your app's (app-only), or any (LKPS.Auditor)."""
+        return self._send(calls.get_session(session_id))
+
+    def list_sessions(
+        self,
+        *,
+        agent_id: str | UUID | None = None,
+        since: datetime | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        """Sessions, newest grant first (app role LKPS.Auditor)."""
+        return self._send(
+            calls.list_sessions(agent_id=agent_id, since=since, state=state, limit=limit)
+        )
 
     def list_agents(self) -> list[AgentInfo]:
         """Every agent that ever registered, with presence and effective enforcement."""

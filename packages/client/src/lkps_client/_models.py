@@ -110,6 +110,43 @@ class AgentInfo:
 
 
 @dataclass(frozen=True)
+class SessionStep:
+    """One step of a session: granted, client_joined, agent_missing, agent_joined, ended
+    or reopened, and when LKPS learnt of it."""
+
+    step: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A granted session followed through LiveKit's webhooks (`GET /api/sessions/{id}`)."""
+
+    session_id: str
+    room_name: str
+    agent_id: str
+    state: str
+    final_state: str | None
+    via: str
+    cwid: str
+    client_app_id: str
+    app_only: bool
+    granted_at: datetime
+    client_joined_at: datetime | None
+    agent_joined_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: float | None
+    room_sid: str | None
+    client_identity: str | None
+    agent_identity: str | None
+    job_id: str | None
+    agent_missing_at: datetime | None
+    redispatched: bool
+    reopened_at: datetime | None
+    steps: tuple[SessionStep, ...]
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """One record of LKPS's hash-chained audit trail (see docs/api.md, "Audit records")."""
 
@@ -278,6 +315,56 @@ def parse_agent(value: Any) -> AgentInfo:
         active_registrations=_int(document, "active_registrations"),
         connected_registrations=_opt_int(document, "connected_registrations"),
     )
+
+
+def _opt_float(document: Mapping[str, Any], key: str) -> float | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{key!r} is not a number")
+    return float(value)
+
+
+def parse_session_record(value: Any) -> SessionRecord:
+    document = _object(value)
+    steps = document.get("steps") or []
+    if not isinstance(steps, list):
+        raise TypeError("'steps' is not a list")
+    return SessionRecord(
+        session_id=_str(document, "session_id"),
+        room_name=_str(document, "room_name"),
+        agent_id=_str(document, "agent_id"),
+        state=_str(document, "state"),
+        final_state=_opt_str(document, "final_state"),
+        via=_str(document, "via"),
+        cwid=_str(document, "cwid"),
+        client_app_id=_str(document, "client_app_id"),
+        app_only=_bool(document, "app_only"),
+        granted_at=_datetime(document, "granted_at"),
+        client_joined_at=_opt_datetime(document, "client_joined_at"),
+        agent_joined_at=_opt_datetime(document, "agent_joined_at"),
+        ended_at=_opt_datetime(document, "ended_at"),
+        duration_seconds=_opt_float(document, "duration_seconds"),
+        room_sid=_opt_str(document, "room_sid"),
+        client_identity=_opt_str(document, "client_identity"),
+        agent_identity=_opt_str(document, "agent_identity"),
+        job_id=_opt_str(document, "job_id"),
+        agent_missing_at=_opt_datetime(document, "agent_missing_at"),
+        redispatched=_bool(document, "redispatched"),
+        reopened_at=_opt_datetime(document, "reopened_at"),
+        steps=tuple(
+            SessionStep(step=_str(step, "step"), at=_datetime(step, "at"))
+            for step in map(_object, steps)
+        ),
+    )
+
+
+def parse_session_records(value: Any) -> list[SessionRecord]:
+    sessions = _object(value)["sessions"]
+    if not isinstance(sessions, list):
+        raise TypeError("'sessions' is not a list")
+    return [parse_session_record(session) for session in sessions]
 
 
 def parse_agents(value: Any) -> list[AgentInfo]:

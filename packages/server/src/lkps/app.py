@@ -13,7 +13,7 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp
 
 from lkps import __version__
-from lkps.api import admin, agents, audit, gateway, health, sessions
+from lkps.api import admin, agents, audit, gateway, health, lifecycle, sessions
 from lkps.api.body import JsonBodies
 from lkps.api.cors import CorsMiddleware
 from lkps.api.docs import install_docs
@@ -75,6 +75,7 @@ def create_app(
     for router in (health.router, sessions.router, agents.router, admin.router, audit.router):
         app.include_router(router)
     app.include_router(gateway.router)
+    app.include_router(lifecycle.router)
     for path, mounted in (mounts or {}).items():
         app.mount(path, mounted)
     return app

@@ -129,6 +129,15 @@ class Settings(BaseSettings):
     presence_ttl: int = Field(default=90, ge=5)
     heartbeat_interval: int = Field(default=30, ge=1)
 
+    # Session lifecycle from LiveKit's webhooks (POST /api/livekit/webhook).
+    # An agent not in the room this long after the client: session.agent_missing and
+    # one re-dispatch.
+    agent_join_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # A webhook event whose created_at is further than this from LKPS's clock is refused.
+    livekit_webhook_max_age_seconds: float = Field(default=300.0, ge=10, le=3600)
+    # LiveKit's server API (Twirp) for the re-dispatch; empty: LKPS_LIVEKIT_URL as http(s).
+    livekit_api_url: str = ""
+
     # How agents' workers reach LiveKit. "gateway": through LKPS's /agent, which binds
     # each worker connection to its agent. "direct": registration hands out a LiveKit
     # worker token, and LiveKit lets its holder register under ANY agent name, so one
@@ -244,6 +253,15 @@ class Settings(BaseSettings):
         if self.authz_source is not None:
             return self.authz_source
         return "file" if self.is_dev else "graph"
+
+    @property
+    def effective_livekit_api_url(self) -> str:
+        """Where LiveKit's server API answers: LKPS_LIVEKIT_API_URL, or the LiveKit URL
+        with ws(s) turned into http(s)."""
+        if self.livekit_api_url:
+            return self.livekit_api_url
+        url = self.livekit_url
+        return "http" + url[2:] if url.startswith("ws") else url
 
     def cors_origins(self) -> AllowedOrigins:
         """The browser origins allowed to call the API; refuses entries that are not."""

@@ -83,3 +83,32 @@ TOKEN_CACHE = Counter(
     "Entra token checks answered from the verified-token cache, or verified anew",
     ["result"],
 )
+# Sessions followed through LiveKit's webhooks (lkps.sessions.lifecycle).
+LIVEKIT_WEBHOOKS = Counter(
+    "lkps_livekit_webhooks_total",
+    "LiveKit webhook requests by event and result (applied, ignored, refused)",
+    ["event", "result"],
+)
+SESSIONS_ENDED = Counter(
+    "lkps_sessions_ended_total",
+    "Sessions ended, by the last state they reached (granted, client_joined, agent_joined)",
+    ["final_state"],
+)
+SESSION_AGENT_JOIN = Histogram(
+    "lkps_session_grant_to_agent_seconds",
+    "Time from a session's grant to its agent joining the room",
+    buckets=(0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0),
+)
+SESSION_NO_SHOWS = Counter(
+    "lkps_session_agent_missing_total",
+    "Sessions whose agent had not joined LKPS_AGENT_JOIN_TIMEOUT_SECONDS after the client",
+)
+SESSION_REDISPATCHES = Counter(
+    "lkps_session_redispatches_total",
+    "Re-dispatches after a no-show, by outcome (dispatched, failed)",
+    ["outcome"],
+)
+SESSION_REDISPATCH_JOINED = Counter(
+    "lkps_session_redispatch_joined_total",
+    "Re-dispatched sessions whose agent then joined (retries that worked)",
+)

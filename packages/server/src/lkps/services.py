@@ -34,9 +34,14 @@ from lkps.limits.buckets import BucketStore, LocalBuckets
 from lkps.limits.limiter import LimitSettings, RateLimiter
 from lkps.limits.redis import RedisBuckets
 from lkps.livekit import TokenMinter
+from lkps.livekit.dispatch import AgentDispatcher, LiveKitDispatcher
+from lkps.livekit.webhooks import WebhookVerifier
 from lkps.outbound import outbound_tls
 from lkps.sessions import SessionService
+from lkps.sessions.ledger import SessionLedger
+from lkps.sessions.lifecycle import SessionLifecycle
 from lkps.sessions.metrics import count_session_start
+from lkps.sessions.reading import SessionRecords
 from lkps.store import Database
 from lkps.store.preflight import prepare_database
 
@@ -55,6 +60,10 @@ class Services:
     sessions: SessionService
     authorization: AuthorizationService
     sweeper: PresenceSweeper
+    lifecycle: SessionLifecycle
+    ledger: SessionLedger
+    session_records: SessionRecords
+    webhooks: WebhookVerifier
     # Set when LKPS_AGENT_CONNECTION=gateway.
     gateway: AgentGateway | None = None
     background: BackgroundJobs = field(default_factory=BackgroundJobs)
@@ -138,6 +147,7 @@ async def running_services(
     clock: Clock | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
     authorization_source: AuthorizationSource | None = None,
+    agent_dispatcher: AgentDispatcher | None = None,
 ) -> AsyncIterator[Services]:
     clock = clock or SystemClock()
     await prepare_database(settings.database_url)
@@ -212,6 +222,24 @@ async def running_services(
             if settings.audit_signing_key is not None
             else None
         )
+        dispatcher = agent_dispatcher or LiveKitDispatcher(
+            settings.effective_livekit_api_url,
+            settings.livekit_api_key,
+            settings.livekit_api_secret.get_secret_value(),
+            timeout=settings.agent_join_timeout_seconds,
+        )
+        teardown.push_async_callback(
+            _shutdown_step, "close the LiveKit dispatch client", dispatcher.aclose
+        )
+        ledger = SessionLedger(db)
+        lifecycle = SessionLifecycle(
+            db,
+            ledger,
+            audit,
+            dispatcher,
+            clock,
+            agent_join_timeout=settings.agent_join_timeout_seconds,
+        )
         services = Services(
             db=db,
             audit=audit,
@@ -251,12 +279,22 @@ async def running_services(
                 minter,
                 limits,
                 clock,
+                lifecycle,
                 livekit_url=settings.livekit_url,
                 max_participants=settings.room_max_participants,
                 participant_token_ttl=settings.participant_token_ttl,
             ),
             authorization=AuthorizationService(overrides, roles),
             sweeper=PresenceSweeper(registry, audit),
+            lifecycle=lifecycle,
+            ledger=ledger,
+            session_records=SessionRecords(lifecycle, roles),
+            webhooks=WebhookVerifier(
+                settings.livekit_api_key,
+                settings.livekit_api_secret.get_secret_value(),
+                clock,
+                max_age_seconds=settings.livekit_webhook_max_age_seconds,
+            ),
             gateway=(
                 build_gateway(settings, audit, minter, gateway_credentials, upstream)
                 if gateway_credentials is not None
@@ -271,6 +309,8 @@ async def running_services(
             )
         await audit.start()
         teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
+        await ledger.start()
+        teardown.push_async_callback(_shutdown_step, "stop the session ledger", ledger.stop)
         await jwks.refresh()
         await source.start()
         with contextlib.suppress(ServiceUnavailable):
@@ -286,6 +326,11 @@ async def running_services(
             services.background.every(
                 "lkps-audit-checkpoint", checkpointer.take, settings.audit_checkpoint_seconds
             )
+        services.background.every(
+            "lkps-session-no-shows",
+            lifecycle.check_no_shows,
+            min(1.0, settings.agent_join_timeout_seconds / 4),
+        )
         yield services
 
 

@@ -31,7 +31,7 @@ _ZONED_DATETIME = re.compile(
 _DATETIME = TypeAdapter(datetime)
 
 
-def _zoned_datetime(name: str) -> Callable[[object], datetime]:
+def zoned_datetime(name: str) -> Callable[[object], datetime]:
     def parse(value: object) -> datetime:
         try:
             if isinstance(value, str) and _ZONED_DATETIME.fullmatch(value):
@@ -62,12 +62,12 @@ async def query_audit(
     cwid: Annotated[str | None, Query(max_length=256)] = None,
     since: Annotated[
         datetime | None,
-        BeforeValidator(_zoned_datetime("since")),
+        BeforeValidator(zoned_datetime("since")),
         Query(description="occurred_at >= since (ISO 8601 with a time zone)"),
     ] = None,
     until: Annotated[
         datetime | None,
-        BeforeValidator(_zoned_datetime("until")),
+        BeforeValidator(zoned_datetime("until")),
         Query(description="occurred_at < until (ISO 8601 with a time zone)"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,

@@ -67,7 +67,7 @@ async def read_json_body(
     """The body, validated as `model`. JSON is read strictly: NaN, Infinity and a key
     repeated in one object (at any depth) are refused. The top-level values named in
     `json_text` reach the model as `JsonText`, read once."""
-    raw = await _read_limited(request, max_bytes)
+    raw = await read_limited(request, max_bytes)
     if not raw.strip():
         if required:
             raise BadRequest("The request body is required (a JSON object)")
@@ -102,7 +102,8 @@ async def read_json_body(
         raise BadRequest(describe_validation_error(exc.errors()[0])) from None
 
 
-async def _read_limited(request: Request, max_bytes: int) -> bytes:
+async def read_limited(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refused (413) past `max_bytes` whatever Content-Length says."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

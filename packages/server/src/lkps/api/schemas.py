@@ -460,3 +460,50 @@ class TokenSourceResponse(BaseModel):
     room_name: str
     session_id: str
     expires_at: datetime
+
+
+# Sessions followed through LiveKit's webhooks (GET /api/sessions, /api/sessions/{id}).
+
+
+class SessionStep(BaseModel):
+    step: str = Field(
+        description="granted, client_joined, agent_joined, agent_missing, ended, reopened"
+    )
+    at: datetime
+
+
+class SessionView(BaseModel):
+    session_id: str
+    room_name: str
+    agent_id: str
+    state: str = Field(description="granted, client_joined, agent_joined, ended or reopened")
+    final_state: str | None = Field(description="How far an ended session got")
+    via: str
+    cwid: str
+    client_app_id: str
+    app_only: bool
+    granted_at: datetime
+    client_joined_at: datetime | None
+    agent_joined_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: float | None = Field(description="From the client's join to the end")
+    room_sid: str | None
+    client_identity: str | None
+    client_sid: str | None
+    agent_identity: str | None
+    agent_sid: str | None
+    job_id: str | None
+    agent_missing_at: datetime | None
+    redispatched: bool
+    redispatch_id: str | None
+    reopened_at: datetime | None
+    reopened_room_sid: str | None
+    steps: list[SessionStep]
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionView]
+
+
+class WebhookAnswer(BaseModel):
+    applied: bool = Field(description="Whether the event moved a session on")

@@ -26,6 +26,13 @@ class AuditEvent(StrEnum):
     AGENT_WORKER_REFUSED = "agent.worker_refused"
     AUTHZ_OVERRIDE_SET = "admin.authz_override.set"
     AUTHZ_OVERRIDE_CLEAR = "admin.authz_override.clear"
+    # A granted session's steps, from LiveKit's webhooks (lkps.sessions.lifecycle).
+    SESSION_CLIENT_JOINED = "session.client_joined"
+    SESSION_AGENT_JOINED = "session.agent_joined"
+    SESSION_ENDED = "session.ended"
+    SESSION_AGENT_MISSING = "session.agent_missing"
+    SESSION_REDISPATCHED = "session.redispatched"
+    SESSION_REOPENED = "session.reopened"
 
 
 class Outcome(StrEnum):

@@ -24,6 +24,7 @@ before the step that could fail, so a denial is attributed as far as it got.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,12 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lkps.audit.log import AuditLog, AuditUnavailable
 from lkps.audit.records import AuditEntry, AuditEvent, AuditRecord, Outcome
-from lkps.errors import InternalError, LKPSError, Unauthenticated
+from lkps.errors import InternalError, LKPSError, ServiceUnavailable, Unauthenticated
 from lkps.identity.caller import Caller
 
 log = logging.getLogger("lkps.audit")
 
 T = TypeVar("T")
+Undo = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class AuditScope:
         self._failure_message = failure_message
         self._status = granted_status
         self._reason: str | None = None
+        self._undo: list[Undo] = []
         self.entry = AuditEntry(
             event=event,
             outcome=Outcome.GRANTED,
@@ -126,6 +129,14 @@ class AuditScope:
             raise
         return result
 
+    def undo_unless_recorded(self, undo: Undo) -> None:
+        """Run `undo` if the record written when the block ends cannot be: for what an
+        attempt keeps outside its record's transaction (a session start's lifecycle
+        row, written in batches of its own on the hot path), which must not stay behind
+        a 503. A change that must be atomic with its record goes through `commit`. A
+        failing `undo` that is itself a store outage is left to expire by itself."""
+        self._undo.append(undo)
+
     # The block.
 
     async def __aenter__(self) -> AuditScope:
@@ -174,6 +185,9 @@ class AuditScope:
         try:
             self.record = await self._log.append(self.entry)
         except AuditUnavailable as failure:
+            for undo in reversed(self._undo):
+                with contextlib.suppress(ServiceUnavailable):
+                    await undo()
             raise failure from cause
 
 

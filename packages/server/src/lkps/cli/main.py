@@ -1,10 +1,10 @@
-"""`lkps serve | dev | db | audit`."""
+"""`lkps serve | dev | db | audit | session | agents | sessions`."""
 
 from __future__ import annotations
 
 import typer
 
-from lkps.cli import agents, audit, db, dev, serve, session
+from lkps.cli import agents, audit, db, dev, serve, session, sessions
 
 app = typer.Typer(
     name="lkps",
@@ -19,6 +19,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(audit.app, name="audit")
 app.add_typer(session.app, name="session")
 app.add_typer(agents.app, name="agents")
+app.add_typer(sessions.app, name="sessions")
 
 
 def main() -> None:

@@ -132,3 +132,49 @@ class AuthorizationOverrideRow(Base):
     additional_clients: Mapped[str] = mapped_column(PortableText())
     updated_at: Mapped[datetime]
     updated_by: Mapped[str] = mapped_column(PortableString(256))
+
+
+class SessionRow(Base):
+    """One granted session, followed through LiveKit's webhooks: granted → client joined
+    → agent joined → ended. Each step's column is set once (the first event that tells
+    wins), so repeated and out-of-order events change nothing twice, on any replica."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_agent_granted", "agent_id", "granted_at"),
+        Index("ix_sessions_granted_at", "granted_at"),
+        Index("ix_sessions_state_joined", "state", "client_joined_at"),
+    )
+
+    # What LiveKit's events and the caller's claims fill is TEXT: no value of theirs can
+    # fail a write (the grant's rows are written in batches, see lkps.sessions.ledger).
+    session_id: Mapped[str] = mapped_column(PortableString(36), primary_key=True)
+    room_name: Mapped[str] = mapped_column(PortableText(), unique=True)
+    agent_id: Mapped[str] = mapped_column(PortableString(36))
+    state: Mapped[str] = mapped_column(PortableString(16))
+    via: Mapped[str] = mapped_column(PortableString(16))
+    actor_tenant_id: Mapped[str | None] = mapped_column(PortableString(64))
+    actor_object_id: Mapped[str | None] = mapped_column(PortableString(64))
+    actor_cwid: Mapped[str] = mapped_column(PortableText())
+    client_app_id: Mapped[str] = mapped_column(PortableString(64))
+    app_only: Mapped[bool] = mapped_column(Boolean)
+    # The dispatch metadata as the agent received it: a re-dispatch sends the same.
+    dispatch_metadata: Mapped[str] = mapped_column(PortableText())
+    granted_at: Mapped[datetime]
+    room_sid: Mapped[str | None] = mapped_column(PortableText())
+    client_identity: Mapped[str | None] = mapped_column(PortableText())
+    client_sid: Mapped[str | None] = mapped_column(PortableText())
+    client_joined_at: Mapped[datetime | None]
+    agent_identity: Mapped[str | None] = mapped_column(PortableText())
+    agent_sid: Mapped[str | None] = mapped_column(PortableText())
+    job_id: Mapped[str | None] = mapped_column(PortableText())
+    agent_joined_at: Mapped[datetime | None]
+    # No-show handling: 0 none, 1 agent missing and re-dispatched, 2 missing after that.
+    no_show_stage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    agent_missing_at: Mapped[datetime | None]
+    redispatch_id: Mapped[str | None] = mapped_column(PortableText())
+    ended_at: Mapped[datetime | None]
+    # The last state reached before the end (how far the session got).
+    final_state: Mapped[str | None] = mapped_column(PortableString(16))
+    reopened_at: Mapped[datetime | None]
+    reopened_room_sid: Mapped[str | None] = mapped_column(PortableText())
