@@ -262,6 +262,9 @@ def settings_values(
         "authz_source": "file",
         "authz_file": authz_file,
         "database_url": database.url,
+        # Presence from register/heartbeat, as most tests drive it; gateway tests (and
+        # the default) use "gateway", where presence is a live worker connection.
+        "agent_connection": "direct",
     }
 
 

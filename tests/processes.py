@@ -328,6 +328,9 @@ def serve_environment(
         LKPS_RATE_LIMIT_REGISTER_PER_AGENT="0",
         LKPS_WORKERS="1",
         LKPS_LOG_LEVEL="INFO",
+        # Presence from register/heartbeat, which these tests drive by hand; a test of
+        # the gateway asks for it (LKPS_AGENT_CONNECTION="gateway").
+        LKPS_AGENT_CONNECTION="direct",
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if authz_file is not None:

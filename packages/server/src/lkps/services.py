@@ -24,7 +24,8 @@ from lkps.background import BackgroundJobs
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
-from lkps.gateway import AgentGateway, GatewayCredentials, GatewayRelay, NoObserver
+from lkps.gateway import AgentGateway, GatewayCredentials, GatewayRelay
+from lkps.gateway.live import LiveConnections, new_replica_id
 from lkps.gateway.refusals import AuditedRefusals
 from lkps.gateway.upstream import AiohttpUpstream
 from lkps.identity import AppRoles, JwksCache, TokenValidator
@@ -36,6 +37,7 @@ from lkps.outbound import outbound_tls
 from lkps.sessions import SessionService
 from lkps.sessions.metrics import count_session_start
 from lkps.store import Database
+from lkps.store.connections import registration_open
 from lkps.store.preflight import prepare_database
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Services:
     sweeper: PresenceSweeper
     # Set when LKPS_AGENT_CONNECTION=gateway.
     gateway: AgentGateway | None = None
+    connections: LiveConnections | None = None
     background: BackgroundJobs = field(default_factory=BackgroundJobs)
 
     def audit_scope(
@@ -86,10 +89,12 @@ def build_authorization_source(
 
 def build_gateway(
     settings: Settings,
+    db: Database,
     audit: AuditLog,
     minter: TokenMinter,
     credentials: GatewayCredentials,
     upstream: AiohttpUpstream,
+    connections: LiveConnections,
 ) -> AgentGateway:
     """The /agent gateway: the relay mints a LiveKit worker token per connection."""
     refusals = AuditedRefusals(audit)
@@ -101,11 +106,17 @@ def build_gateway(
         ),
         connector=upstream,
         refusals=refusals,
-        observer=NoObserver(),
+        observer=connections,
         register_timeout=settings.agent_gateway_register_timeout_seconds,
         max_message_bytes=settings.agent_gateway_max_message_bytes,
     )
-    return AgentGateway(credentials, relay, refusals, public_url=settings.agent_gateway_url)
+    return AgentGateway(
+        credentials,
+        relay,
+        refusals,
+        public_url=settings.agent_gateway_url,
+        registration_open=lambda agent_id, rid: registration_open(db, agent_id, rid),
+    )
 
 
 def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
@@ -179,6 +190,8 @@ async def running_services(
             clock,
             presence_ttl=settings.presence_ttl,
             default_enforce=settings.default_enforce_client_authz,
+            gateway=settings.agent_connection == "gateway",
+            target_load=settings.livekit_agent_target_load,
         )
         overrides = AuthorizationOverrides(db, clock)
         limits = build_rate_limiter(settings, clock)
@@ -195,6 +208,17 @@ async def running_services(
         upstream = AiohttpUpstream(max_message_bytes=settings.agent_gateway_max_message_bytes)
         teardown.push_async_callback(
             _shutdown_step, "close the gateway's LiveKit client", upstream.aclose
+        )
+        connections = (
+            LiveConnections(
+                db,
+                clock,
+                replica_id=new_replica_id(),
+                target_load=settings.livekit_agent_target_load,
+                lease_seconds=settings.agent_gateway_lease_seconds,
+            )
+            if gateway_credentials is not None
+            else None
         )
         authorizer = ClientAuthorizer(source)
         services = Services(
@@ -242,10 +266,13 @@ async def running_services(
             authorization=AuthorizationService(overrides, roles),
             sweeper=PresenceSweeper(registry, audit),
             gateway=(
-                build_gateway(settings, audit, minter, gateway_credentials, upstream)
-                if gateway_credentials is not None
+                build_gateway(
+                    settings, db, audit, minter, gateway_credentials, upstream, connections
+                )
+                if gateway_credentials is not None and connections is not None
                 else None
             ),
+            connections=connections,
         )
         await audit.start()
         teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
@@ -253,6 +280,12 @@ async def running_services(
         await source.start()
         with contextlib.suppress(ServiceUnavailable):
             await services.sweeper.update_gauges()
+        if connections is not None:
+            # Before any worker connects; released after the jobs stopped (LIFO).
+            await connections.start()
+            teardown.push_async_callback(
+                _shutdown_step, "release the gateway's worker connections", connections.release
+            )
         teardown.push_async_callback(
             _shutdown_step, "stop the background jobs", services.background.aclose
         )
@@ -260,6 +293,10 @@ async def running_services(
         services.background.every(
             "lkps-presence-sweeper", services.sweeper.run_once, max(1.0, settings.presence_ttl / 3)
         )
+        if connections is not None:
+            services.background.every(
+                "lkps-gateway-lease", connections.renew, connections.lease_seconds / 3
+            )
         yield services
 
 

@@ -20,6 +20,8 @@ class AgentFacts:
     version: str | None
     override_enforce: bool | None
     additional_clients: tuple[str, ...]
+    # Gateway mode: some connected worker can take a job (direct mode cannot tell).
+    has_capacity: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,7 @@ class AgentPresence:
     version: str | None
     override_enforce: bool | None
     additional_clients: frozenset[str]
+    has_capacity: bool = True
 
     @property
     def enforce_client_authz(self) -> bool:
@@ -63,3 +66,20 @@ class AgentSummary:
     last_heartbeat_at: datetime | None
     active_registrations: int
     connected_registrations: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedWorker:
+    """One worker connection through the gateway, as the store last heard of it."""
+
+    agent_id: str
+    connection_id: str
+    registration_id: str
+    replica_id: str
+    worker_id: str | None
+    connected_at: datetime
+    registered: bool
+    available: bool
+    load: float
+    job_count: int
+    updated_at: datetime
