@@ -252,6 +252,7 @@ async def running_services(
                     gateway_url=settings.agent_gateway_url,
                 ),
                 gateway_credentials=gateway_credentials,
+                target_load=settings.livekit_agent_target_load,
             ),
             sessions=SessionService(
                 registry,

@@ -3,6 +3,7 @@ the store's queries and the operators' view, so none of them imports the others.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,3 +84,17 @@ class ConnectedWorker:
     load: float
     job_count: int
     updated_at: datetime
+
+
+def livekit_float(value: float) -> float:
+    """`value` at float32 precision, as livekit-server holds both a worker's load (the
+    protocol's `float`) and its `agents.target_load`: a worker reporting 0.7 is at a
+    target of 0.7 only when both sides are rounded alike."""
+    rounded: float = struct.unpack("f", struct.pack("f", value))[0]
+    return rounded
+
+
+def takes_jobs(available: bool, load: float, target_load: float) -> bool:
+    """LiveKit's rule for offering a job to a worker (livekit-server `agents.target_load`):
+    not WS_FULL, and its load below the target."""
+    return available and livekit_float(load) < livekit_float(target_load)

@@ -16,6 +16,7 @@ from lkps.agents.presence import (
     AgentSummary,
     ConnectedWorker,
     Registration,
+    livekit_float,
 )
 from lkps.clock import Clock
 from lkps.errors import NotFound, ServiceUnavailable
@@ -58,7 +59,7 @@ class AgentRegistry:
         # Gateway mode: presence is a live worker connection (lkps.gateway.live), not a
         # register or heartbeat within the TTL.
         self._gateway = gateway
-        self._target_load = target_load
+        self._target_load = livekit_float(target_load)
         self._clock = clock
         self._ttl = timedelta(seconds=presence_ttl)
         self._default_enforce = default_enforce

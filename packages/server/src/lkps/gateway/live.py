@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from lkps.agents.presence import ConnectedWorker
+from lkps.agents.presence import ConnectedWorker, takes_jobs
 from lkps.clock import Clock
 from lkps.errors import ServiceUnavailable
 from lkps.gateway.observer import WorkerSession, WorkerStatus
@@ -156,7 +156,7 @@ class LiveConnections:
 
     def takes_jobs(self, worker: ConnectedWorker) -> bool:
         """LiveKit's rule for offering a job to a worker (`agents.target_load`)."""
-        return worker.available and worker.load < self._target_load
+        return takes_jobs(worker.available, worker.load, self._target_load)
 
     def connections(self) -> list[ConnectedWorker]:
         return list(self._workers.values())
