@@ -45,6 +45,7 @@ from lkps_client._models import (
     AuditRecord,
     AuthorizationOverride,
     ChainVerification,
+    ConnectedWorker,
     Heartbeat,
     Session,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "AuthorizationOverride",
     "BadRequestError",
     "ChainVerification",
+    "ConnectedWorker",
     "Environment",
     "Heartbeat",
     "LkpsClient",

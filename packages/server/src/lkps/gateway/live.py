@@ -46,7 +46,7 @@ log = logging.getLogger("lkps.gateway")
 
 # See the module docstring: why, and tests/unit/gateway/test_live.py for the rate.
 LOAD_STEP = 0.05
-REFRESH_SECONDS = 10.0
+REFRESH_SECONDS = 30.0
 # A replica whose lease lapsed this long ago is deleted (its rows count for nothing).
 COLLECT_AFTER = timedelta(minutes=1)
 
