@@ -44,9 +44,24 @@ http_port: dict[str, Any] = (
 def _fixed_load() -> dict[str, Any]:
     """AGENT_FIXED_LOAD=0.1 reports that load instead of the CPU's: livekit-server itself
     stops dispatching to a worker reporting 0.7 or more, whatever its threshold, and a
-    shared machine (a CI runner) is often that busy. Unset: livekit-agents' default."""
+    shared machine (a CI runner) is often that busy. Unset: livekit-agents' default.
+
+    For tests only, AGENT_LOAD_FILE=<path> reports the number written in that file,
+    read again at each report (every 0.5 s), so a test can change a running worker's
+    load (tests/realserver/test_gateway_presence.py); AGENT_FIXED_LOAD while the file is
+    missing or unreadable."""
     fixed = os.environ.get("AGENT_FIXED_LOAD")
+    load_file = os.environ.get("AGENT_LOAD_FILE")
+    if load_file:
+        return {"load_fnc": lambda: _load_in(Path(load_file), float(fixed or 0))}
     return {"load_fnc": lambda: float(fixed)} if fixed else {}
+
+
+def _load_in(path: Path, otherwise: float) -> float:
+    try:
+        return float(path.read_text().strip())
+    except (OSError, ValueError):
+        return otherwise
 
 
 server = LkpsAgentServer(  # was: AgentServer(...)

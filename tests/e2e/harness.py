@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,34 +91,39 @@ class AgentProcess(ManagedProcess):
         authority: str,
         ca_bundle: Path,
         http_port: int = 0,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         """`http_port`: the worker's health endpoint (AGENT_HTTP_PORT); 0, the default,
         lets the OS pick a free one, so agents never collide with each other or with
         whatever else listens on livekit-agents' 8081."""
         entra.client_secrets[AGENT] = AGENT_SECRET
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            # No static LiveKit credential, no LKPS setting of the test runner.
-            if not key.startswith(("LIVEKIT_", "LKPS_", "AZURE_"))
-        } | {
-            "LKPS_URL": lkps_url,
-            "LKPS_SCOPE": SCOPE,
-            "LKPS_AUTH": "secret",
-            "LKPS_CA_BUNDLE": str(ca_bundle),
-            "LKPS_ENFORCE_CLIENT_AUTHZ": "true",
-            "LKPS_AGENT_VERSION": "e2e",
-            "AZURE_TENANT_ID": entra.tenant_id,
-            "AZURE_CLIENT_ID": AGENT,
-            "AZURE_CLIENT_SECRET": AGENT_SECRET,
-            "AZURE_AUTHORITY_HOST": authority,
-            "PYTHONUNBUFFERED": "1",
-            # The test machine is shared: CPU load must not mark the worker full.
-            "AGENT_LOAD_THRESHOLD": "inf",
-            "AGENT_HTTP_PORT": str(http_port),
-            # Nor may it make livekit-server skip the worker (it does at a load >= 0.7).
-            "AGENT_FIXED_LOAD": "0.05",
-        }
+        env = (
+            {
+                key: value
+                for key, value in os.environ.items()
+                # No static LiveKit credential, no LKPS setting of the test runner.
+                if not key.startswith(("LIVEKIT_", "LKPS_", "AZURE_"))
+            }
+            | {
+                "LKPS_URL": lkps_url,
+                "LKPS_SCOPE": SCOPE,
+                "LKPS_AUTH": "secret",
+                "LKPS_CA_BUNDLE": str(ca_bundle),
+                "LKPS_ENFORCE_CLIENT_AUTHZ": "true",
+                "LKPS_AGENT_VERSION": "e2e",
+                "AZURE_TENANT_ID": entra.tenant_id,
+                "AZURE_CLIENT_ID": AGENT,
+                "AZURE_CLIENT_SECRET": AGENT_SECRET,
+                "AZURE_AUTHORITY_HOST": authority,
+                "PYTHONUNBUFFERED": "1",
+                # The test machine is shared: CPU load must not mark the worker full.
+                "AGENT_LOAD_THRESHOLD": "inf",
+                "AGENT_HTTP_PORT": str(http_port),
+                # Nor may it make livekit-server skip the worker (it does at a load >= 0.7).
+                "AGENT_FIXED_LOAD": "0.05",
+            }
+            | dict(extra_env or {})
+        )
         command = [sys.executable, str(EXAMPLE_AGENT), "start", "--log-level", "DEBUG"]
         super().__init__("agent", command, env, workdir)
         self.report_dir = workdir / "agent-reports"
