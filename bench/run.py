@@ -345,6 +345,9 @@ def lkps_env(
         "LKPS_RATE_LIMIT_SESSION_PER_USER": "100000000",
         "LKPS_METRICS_PORT": str(metrics_port),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        # The bench agent stays present by heartbeats (direct mode); gateway presence
+        # needs a connected worker (bench/gateway.py drives the gateway itself).
+        "LKPS_AGENT_CONNECTION": "direct",
     }
     if redis:
         env["LKPS_REDIS_URL"] = REDIS_URL

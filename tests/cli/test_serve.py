@@ -78,6 +78,8 @@ def servable_environment(
         LKPS_AUTHZ_SOURCE="file",
         LKPS_AUTHZ_FILE=str(authz),
         LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+        # Presence from register/heartbeat, which these tests drive by hand.
+        LKPS_AGENT_CONNECTION="direct",
     )
     return clean_environment(**{**defaults, **variables})
 
