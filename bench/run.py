@@ -169,14 +169,21 @@ async def _admin(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def bench_database() -> Iterator[str]:
-    """A fresh database, migrated; dropped on the way out. Yields its name."""
+def bench_database(source: Path | None = None) -> Iterator[str]:
+    """A fresh database, migrated (by the LKPS in `source`, a `packages/server/src`, when
+    given: a baseline's schema may be older); dropped on the way out. Yields its name."""
     name = f"lkps_bench_{secrets.token_hex(4)}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         env = clean_env() | {"LKPS_DATABASE_URL": sqlalchemy_url(name), "LKPS_ENV": "np"}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
         subprocess.run(
-            [str(VENV_BIN / "lkps"), "db", "upgrade"], env=env, check=True, timeout=120, cwd=ROOT
+            [str(VENV_BIN / "python"), "-m", "lkps", "db", "upgrade"],
+            env=env,
+            check=True,
+            timeout=120,
+            cwd=ROOT,
         )
         yield name
     finally:
@@ -363,18 +370,19 @@ def lkps_uvicorn(
 
 
 def lkps_baseline(
-    ids: Identities, database: str, workers: int, out: Path, rev: str
+    ids: Identities, workers: int, out: Path, rev: str, stack: contextlib.ExitStack
 ) -> tuple[ServerSpec, Path]:
     """LKPS as it was at `rev`: its `packages/server/src` (a detached git worktree under
-    `out`) ahead of this checkout's on the path, with this checkout's environment. For
-    before/after figures from one run, on one machine state; the store's schema must be
-    the same at both revisions."""
+    `out`) ahead of this checkout's on the path, with this checkout's environment, on an
+    empty database of its own migrated by that revision (its schema may be older). For
+    before/after figures from one run, on one machine state."""
     source = out / f"baseline-{rev}"
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(source), rev],
         check=True,
         capture_output=True,
     )
+    database = stack.enter_context(bench_database(source / "packages" / "server" / "src"))
     port, metrics_port = free_port(), free_port()
     env = lkps_env(ids, database, port, metrics_port, workers, out, redis=False)
     env["PYTHONPATH"] = str(source / "packages" / "server" / "src")
@@ -1224,7 +1232,7 @@ def main() -> int:
             if args.profile and not ctx.profile_spy:
                 say("py-spy not found (uv tool install py-spy): no profile")
             if args.baseline:
-                spec, source = lkps_baseline(ids, database, args.workers, out, args.baseline)
+                spec, source = lkps_baseline(ids, args.workers, out, args.baseline, stack)
                 stack.callback(
                     subprocess.run,
                     ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(source)],
