@@ -356,6 +356,9 @@ def lkps_env(
         # from before them ignores both).
         "LKPS_AUDIT_KEY": secrets.token_urlsafe(32),
         "LKPS_AUDIT_SIGNING_KEY": str(signing_key(out)),
+        # The bench agent stays present by heartbeats (direct mode); gateway presence
+        # needs a connected worker (bench/gateway.py drives the gateway itself).
+        "LKPS_AGENT_CONNECTION": "direct",
     }
     if redis:
         env["LKPS_REDIS_URL"] = REDIS_URL

@@ -282,6 +282,9 @@ def settings_values(
         "database_url": database.url,
         "audit_key": new_audit_key(),
         "audit_signing_key": write_signing_key(tmp_path / "audit-signing.pem"),
+        # Presence from register/heartbeat, as most tests drive it; gateway tests (and
+        # the default) use "gateway", where presence is a live worker connection.
+        "agent_connection": "direct",
     }
 
 

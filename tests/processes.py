@@ -332,6 +332,9 @@ def serve_environment(
         LKPS_LOG_LEVEL="INFO",
         LKPS_AUDIT_KEY=audit_key_for(database_url),
         LKPS_AUDIT_SIGNING_KEY=str(shared_signing_key()),
+        # Presence from register/heartbeat, which these tests drive by hand; a test of
+        # the gateway asks for it (LKPS_AGENT_CONNECTION="gateway").
+        LKPS_AGENT_CONNECTION="direct",
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if authz_file is not None:

@@ -48,13 +48,28 @@ def _load() -> dict[str, Any]:
     AGENT_FIXED_LOAD=0.05 reports that number, AGENT_MAX_JOBS=4 the worker's own jobs
     (`job_count_load`); unset, livekit-agents' default, the machine's CPU. livekit-server
     skips a worker reporting 0.7 or more whatever its threshold, and a shared machine (a
-    CI runner) is often that busy: the end-to-end tests fix the load."""
-    if fixed := os.environ.get("AGENT_FIXED_LOAD"):
+    CI runner) is often that busy: the end-to-end tests fix the load.
+
+    For tests only, AGENT_LOAD_FILE=<path> reports the number written in that file,
+    read again at each report (every 0.5 s), so a test can change a running worker's
+    load (tests/realserver/test_gateway_presence.py); AGENT_FIXED_LOAD while the file is
+    missing or unreadable."""
+    fixed = os.environ.get("AGENT_FIXED_LOAD")
+    if load_file := os.environ.get("AGENT_LOAD_FILE"):
+        return {"load_fnc": lambda: _load_in(Path(load_file), float(fixed or 0))}
+    if fixed:
         load = float(fixed)
         return {"load_fnc": lambda: load}
     if max_jobs := os.environ.get("AGENT_MAX_JOBS"):
         return {"load_fnc": job_count_load(int(max_jobs))}
     return {}
+
+
+def _load_in(path: Path, otherwise: float) -> float:
+    try:
+        return float(path.read_text().strip())
+    except (OSError, ValueError):
+        return otherwise
 
 
 server = LkpsAgentServer(  # was: AgentServer(...)

@@ -83,6 +83,8 @@ def servable_environment(
         LKPS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
         LKPS_AUDIT_KEY=new_audit_key(),
         LKPS_AUDIT_SIGNING_KEY=str(write_signing_key(tmp_path / "audit-signing.pem")),
+        # Presence from register/heartbeat, which these tests drive by hand.
+        LKPS_AGENT_CONNECTION="direct",
     )
     return clean_environment(**{**defaults, **variables})
 

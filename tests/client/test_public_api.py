@@ -34,6 +34,7 @@ PUBLIC = {
     "AuthorizationOverride",
     "BadRequestError",
     "ChainVerification",
+    "ConnectedWorker",
     "Environment",
     "Heartbeat",
     "LkpsClient",
@@ -73,7 +74,7 @@ def test_every_error_is_an_lkps_error() -> None:
 
 
 def test_results_are_frozen() -> None:
-    for name in ("Session", "AgentInfo", "AuditRecord", "AuthorizationOverride"):
+    for name in ("Session", "AgentInfo", "ConnectedWorker", "AuditRecord", "AuthorizationOverride"):
         cls = getattr(lkps_client, name)
         assert dataclasses.is_dataclass(cls)
         assert vars(cls)["__dataclass_params__"].frozen, name

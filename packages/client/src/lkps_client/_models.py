@@ -91,6 +91,22 @@ class AuthorizationOverride:
 
 
 @dataclass(frozen=True)
+class ConnectedWorker:
+    """One worker of an agent connected through LKPS's agent gateway (gateway mode)."""
+
+    replica_id: str
+    worker_id: str | None
+    registration_id: str
+    connected_at: datetime
+    registered: bool
+    # "available", or "full": WS_FULL or a load at/above LKPS's target load.
+    status: str
+    load: float
+    job_count: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class AgentInfo:
     """An agent LKPS has seen register, with its presence and effective enforcement."""
 
@@ -107,6 +123,9 @@ class AgentInfo:
     active_registrations: int
     # Live registrations whose worker is connected to LiveKit (None from an older LKPS).
     connected_registrations: int | None
+    # Workers connected through the agent gateway (empty in direct mode, or from an
+    # older LKPS).
+    workers: tuple[ConnectedWorker, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -314,6 +333,7 @@ def parse_agent(value: Any) -> AgentInfo:
         last_heartbeat_at=_opt_datetime(document, "last_heartbeat_at"),
         active_registrations=_int(document, "active_registrations"),
         connected_registrations=_opt_int(document, "connected_registrations"),
+        workers=tuple(parse_worker(worker) for worker in _list(document, "workers")),
     )
 
 
@@ -365,6 +385,31 @@ def parse_session_records(value: Any) -> list[SessionRecord]:
     if not isinstance(sessions, list):
         raise TypeError("'sessions' is not a list")
     return [parse_session_record(session) for session in sessions]
+
+
+def parse_worker(value: Any) -> ConnectedWorker:
+    document = _object(value)
+    load = document["load"]
+    if not isinstance(load, int | float) or isinstance(load, bool):
+        raise TypeError("'load' is not a number")
+    return ConnectedWorker(
+        replica_id=_str(document, "replica_id"),
+        worker_id=_opt_str(document, "worker_id"),
+        registration_id=_str(document, "registration_id"),
+        connected_at=_datetime(document, "connected_at"),
+        registered=_bool(document, "registered"),
+        status=_str(document, "status"),
+        load=float(load),
+        job_count=_int(document, "job_count"),
+        updated_at=_datetime(document, "updated_at"),
+    )
+
+
+def _list(document: Mapping[str, Any], key: str) -> list[Any]:
+    value = document.get(key) or []
+    if not isinstance(value, list):
+        raise TypeError(f"{key!r} is not a list")
+    return value
 
 
 def parse_agents(value: Any) -> list[AgentInfo]:

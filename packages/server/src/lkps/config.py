@@ -139,15 +139,24 @@ class Settings(BaseSettings):
     livekit_api_url: str = ""
 
     # How agents' workers reach LiveKit. "gateway": through LKPS's /agent, which binds
-    # each worker connection to its agent. "direct": registration hands out a LiveKit
-    # worker token, and LiveKit lets its holder register under ANY agent name, so one
-    # agent can take another's sessions (issue 11, finding 3). The default stays
-    # "direct" until presence follows the gateway connection (docs/configuration.md).
-    agent_connection: AgentConnection = "direct"
+    # each worker connection to its agent, and presence is a live worker connection.
+    # "direct": registration hands out a LiveKit worker token, and LiveKit lets its
+    # holder register under ANY agent name, so one agent can take another's sessions
+    # (issue 11, finding 3); presence is a register or heartbeat within the TTL.
+    # `lkps dev` defaults to "direct" (docs/configuration.md).
+    agent_connection: AgentConnection = "gateway"
     # The gateway's public ws(s):// URL; empty: the URL each register request came in on.
     agent_gateway_url: str = ""
     agent_gateway_register_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     agent_gateway_max_message_bytes: int = Field(default=1 << 20, ge=4096, le=64 << 20)
+    # The load at/above which a worker cannot take a job: livekit-server's own
+    # `agents.target_load` (default 0.7), which it applies whatever the worker thinks.
+    # Keep the two equal: in gateway mode a session start answers 503 "at capacity"
+    # when every connected worker of the agent is full or at/above it.
+    livekit_agent_target_load: float = Field(default=0.7, gt=0, le=1)
+    # Each replica's lease on its gateway connections, renewed every third of it: a
+    # replica that dies (SIGKILL) stops counting for its workers within this time.
+    agent_gateway_lease_seconds: float = Field(default=6.0, ge=1, le=60)
 
     # HTTP.
     host: str = "127.0.0.1"

@@ -26,7 +26,8 @@ from lkps.background import BackgroundJobs
 from lkps.clock import Clock, SystemClock
 from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
-from lkps.gateway import AgentGateway, GatewayCredentials, GatewayRelay, NoObserver
+from lkps.gateway import AgentGateway, GatewayCredentials, GatewayRelay
+from lkps.gateway.live import LiveConnections, new_replica_id
 from lkps.gateway.refusals import AuditedRefusals
 from lkps.gateway.upstream import AiohttpUpstream
 from lkps.identity import AppRoles, JwksCache, TokenValidator
@@ -43,6 +44,7 @@ from lkps.sessions.lifecycle import SessionLifecycle
 from lkps.sessions.metrics import count_session_start
 from lkps.sessions.reading import SessionRecords
 from lkps.store import Database
+from lkps.store.connections import registration_open
 from lkps.store.preflight import prepare_database
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class Services:
     webhooks: WebhookVerifier
     # Set when LKPS_AGENT_CONNECTION=gateway.
     gateway: AgentGateway | None = None
+    connections: LiveConnections | None = None
     background: BackgroundJobs = field(default_factory=BackgroundJobs)
     # Set when LKPS_AUDIT_SIGNING_KEY is.
     checkpointer: Checkpointer | None = None
@@ -99,10 +102,12 @@ def build_authorization_source(
 
 def build_gateway(
     settings: Settings,
+    db: Database,
     audit: AuditLog,
     minter: TokenMinter,
     credentials: GatewayCredentials,
     upstream: AiohttpUpstream,
+    connections: LiveConnections,
 ) -> AgentGateway:
     """The /agent gateway: the relay mints a LiveKit worker token per connection."""
     refusals = AuditedRefusals(audit)
@@ -114,11 +119,17 @@ def build_gateway(
         ),
         connector=upstream,
         refusals=refusals,
-        observer=NoObserver(),
+        observer=connections,
         register_timeout=settings.agent_gateway_register_timeout_seconds,
         max_message_bytes=settings.agent_gateway_max_message_bytes,
     )
-    return AgentGateway(credentials, relay, refusals, public_url=settings.agent_gateway_url)
+    return AgentGateway(
+        credentials,
+        relay,
+        refusals,
+        public_url=settings.agent_gateway_url,
+        registration_open=lambda agent_id, rid: registration_open(db, agent_id, rid),
+    )
 
 
 def build_rate_limiter(settings: Settings, clock: Clock) -> RateLimiter:
@@ -199,6 +210,8 @@ async def running_services(
             clock,
             presence_ttl=settings.presence_ttl,
             default_enforce=settings.default_enforce_client_authz,
+            gateway=settings.agent_connection == "gateway",
+            target_load=settings.livekit_agent_target_load,
         )
         overrides = AuthorizationOverrides(db, clock)
         limits = build_rate_limiter(settings, clock)
@@ -215,6 +228,17 @@ async def running_services(
         upstream = AiohttpUpstream(max_message_bytes=settings.agent_gateway_max_message_bytes)
         teardown.push_async_callback(
             _shutdown_step, "close the gateway's LiveKit client", upstream.aclose
+        )
+        connections = (
+            LiveConnections(
+                db,
+                clock,
+                replica_id=new_replica_id(),
+                target_load=settings.livekit_agent_target_load,
+                lease_seconds=settings.agent_gateway_lease_seconds,
+            )
+            if gateway_credentials is not None
+            else None
         )
         authorizer = ClientAuthorizer(source)
         checkpointer = (
@@ -272,6 +296,7 @@ async def running_services(
                     gateway_url=settings.agent_gateway_url,
                 ),
                 gateway_credentials=gateway_credentials,
+                target_load=settings.livekit_agent_target_load,
             ),
             sessions=SessionService(
                 registry,
@@ -296,10 +321,13 @@ async def running_services(
                 max_age_seconds=settings.livekit_webhook_max_age_seconds,
             ),
             gateway=(
-                build_gateway(settings, audit, minter, gateway_credentials, upstream)
-                if gateway_credentials is not None
+                build_gateway(
+                    settings, db, audit, minter, gateway_credentials, upstream, connections
+                )
+                if gateway_credentials is not None and connections is not None
                 else None
             ),
+            connections=connections,
         )
         if checkpointer is not None:
             # Runs after the writer has stopped (the teardown runs in reverse): the last
@@ -315,6 +343,12 @@ async def running_services(
         await source.start()
         with contextlib.suppress(ServiceUnavailable):
             await services.sweeper.update_gauges()
+        if connections is not None:
+            # Before any worker connects; released after the jobs stopped (LIFO).
+            await connections.start()
+            teardown.push_async_callback(
+                _shutdown_step, "release the gateway's worker connections", connections.release
+            )
         teardown.push_async_callback(
             _shutdown_step, "stop the background jobs", services.background.aclose
         )
@@ -331,6 +365,10 @@ async def running_services(
             lifecycle.check_no_shows,
             min(1.0, settings.agent_join_timeout_seconds / 4),
         )
+        if connections is not None:
+            services.background.every(
+                "lkps-gateway-lease", connections.renew, connections.lease_seconds / 3
+            )
         yield services
 
 

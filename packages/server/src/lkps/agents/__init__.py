@@ -2,7 +2,12 @@
 the use cases agents and operators call."""
 
 from lkps.agents.presence import AgentPresence, Registration
-from lkps.agents.registry import AgentRegistry, agent_not_connected
+from lkps.agents.registry import (
+    AgentAtCapacity,
+    AgentRegistry,
+    agent_at_capacity,
+    agent_not_connected,
+)
 from lkps.agents.service import (
     AgentGrant,
     AgentIdentity,
@@ -14,6 +19,7 @@ from lkps.agents.service import (
 from lkps.agents.sweeper import PresenceSweeper
 
 __all__ = [
+    "AgentAtCapacity",
     "AgentGrant",
     "AgentIdentity",
     "AgentOverview",
@@ -24,5 +30,6 @@ __all__ = [
     "PresenceSweeper",
     "Registration",
     "RegistrationRequest",
+    "agent_at_capacity",
     "agent_not_connected",
 ]

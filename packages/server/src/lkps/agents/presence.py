@@ -3,6 +3,7 @@ the store's queries and the operators' view, so none of them imports the others.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +21,8 @@ class AgentFacts:
     version: str | None
     override_enforce: bool | None
     additional_clients: tuple[str, ...]
+    # Gateway mode: some connected worker can take a job (direct mode cannot tell).
+    has_capacity: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,7 @@ class AgentPresence:
     version: str | None
     override_enforce: bool | None
     additional_clients: frozenset[str]
+    has_capacity: bool = True
 
     @property
     def enforce_client_authz(self) -> bool:
@@ -63,3 +67,34 @@ class AgentSummary:
     last_heartbeat_at: datetime | None
     active_registrations: int
     connected_registrations: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedWorker:
+    """One worker connection through the gateway, as the store last heard of it."""
+
+    agent_id: str
+    connection_id: str
+    registration_id: str
+    replica_id: str
+    worker_id: str | None
+    connected_at: datetime
+    registered: bool
+    available: bool
+    load: float
+    job_count: int
+    updated_at: datetime
+
+
+def livekit_float(value: float) -> float:
+    """`value` at float32 precision, as livekit-server holds both a worker's load (the
+    protocol's `float`) and its `agents.target_load`: a worker reporting 0.7 is at a
+    target of 0.7 only when both sides are rounded alike."""
+    rounded: float = struct.unpack("f", struct.pack("f", value))[0]
+    return rounded
+
+
+def takes_jobs(available: bool, load: float, target_load: float) -> bool:
+    """LiveKit's rule for offering a job to a worker (livekit-server `agents.target_load`):
+    not WS_FULL, and its load below the target."""
+    return available and livekit_float(load) < livekit_float(target_load)

@@ -16,13 +16,15 @@ from lkps.agents.presence import (
     AgentFacts,
     AgentPresence,
     AgentSummary,
+    ConnectedWorker,
     Registration,
+    livekit_float,
 )
 from lkps.clock import Clock
-from lkps.errors import NotFound
+from lkps.errors import NotFound, ServiceUnavailable
 from lkps.metrics import PRESENCE_READ_CALLERS
 from lkps.singleflight import SingleFlight
-from lkps.store import Database
+from lkps.store import Database, connections
 from lkps.store import registrations as queries
 
 
@@ -33,11 +35,33 @@ def agent_not_connected(agent_id: str) -> NotFound:
     )
 
 
+class AgentAtCapacity(ServiceUnavailable):
+    """Every connected worker of the agent is full or at/above the target load: LiveKit
+    would offer the job to none of them, and the user would wait for an agent that
+    never comes. The client may retry shortly (workers report every 2.5 s)."""
+
+
+def agent_at_capacity(agent_id: str) -> AgentAtCapacity:
+    # The audit reason is the message itself: the denial says what the client was told.
+    return AgentAtCapacity(f"Agent with app ID '{agent_id}' is at capacity")
+
+
 class AgentRegistry:
     def __init__(
-        self, db: Database, clock: Clock, *, presence_ttl: int, default_enforce: bool
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        presence_ttl: int,
+        default_enforce: bool,
+        gateway: bool = False,
+        target_load: float = 0.7,
     ) -> None:
         self._db = db
+        # Gateway mode: presence is a live worker connection (lkps.gateway.live), not a
+        # register or heartbeat within the TTL.
+        self._gateway = gateway
+        self._target_load = livekit_float(target_load)
         self._clock = clock
         self._ttl = timedelta(seconds=presence_ttl)
         self._default_enforce = default_enforce
@@ -129,16 +153,18 @@ class AgentRegistry:
         reason: str = "deregistered",
         session: AsyncSession | None = None,
     ) -> list[str]:
-        """End the registrations named (one, or all of the agent's); in `session` when
-        given, as `register`."""
+        """End the registrations named (one, or all of the agent's) and forget their
+        live worker connections; in `session` when given, as `register`."""
         async with self._db.session(within=session) as session:
-            return await queries.end_registrations(
+            ended = await queries.end_registrations(
                 session,
                 agent_id=agent_id,
                 registration_id=registration_id,
                 now=self._clock.now(),
                 reason=reason,
             )
+            await connections.end_connections_of(session, ended)
+        return ended
 
     async def presence(self, agent_id: str) -> AgentPresence | None:
         """Never cached: answered by a store read that started after the call, so a
@@ -153,10 +179,19 @@ class AgentRegistry:
             facts.version,
             facts.override_enforce,
             frozenset(facts.additional_clients),
+            facts.has_capacity,
         )
 
     async def _read_presence(self, agent_id: str) -> AgentFacts | None:
+        if self._gateway:
+            return await connections.present_agent(
+                self._db, agent_id, self._clock.now(), self._target_load
+            )
         return await queries.present_agent(self._db, agent_id, self._clock.now())
+
+    async def workers(self) -> list[ConnectedWorker]:
+        """Every worker connected through the gateway on a replica whose lease is alive."""
+        return await connections.live_workers(self._db, self._clock.now())
 
     async def counts(self) -> AgentCounts:
         async with self._db.session() as session:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lkps.agents.presence import AgentSummary, effective_enforcement
+from lkps.agents.presence import AgentSummary, ConnectedWorker, effective_enforcement
 from lkps.agents.registry import AgentRegistry
 from lkps.audit import AuditEvent, AuditScope
 from lkps.authorization.override import AuthorizationOverride
@@ -72,10 +72,19 @@ class AgentGrant:
 
 @dataclass(frozen=True, slots=True)
 class AgentOverview:
-    """An agent as operators see it: presence, and who decides its enforcement."""
+    """An agent as operators see it: presence, and who decides its enforcement; in
+    gateway mode, its connected workers (presence is one of them registered)."""
 
     summary: AgentSummary
     override: AuthorizationOverride | None
+    workers: tuple[ConnectedWorker, ...] = ()
+    gateway: bool = False
+
+    @property
+    def present(self) -> bool:
+        if self.gateway:
+            return any(worker.registered for worker in self.workers)
+        return self.summary.connected_registrations > 0
 
     @property
     def enforce_client_authz(self) -> bool:
@@ -94,8 +103,11 @@ class AgentService:
         roles: AppRoles,
         terms: AgentTerms,
         gateway_credentials: GatewayCredentials | None = None,
+        target_load: float = 0.7,
     ) -> None:
         self._registry = registry
+        # LKPS_LIVEKIT_AGENT_TARGET_LOAD: whether a connected worker shows as full.
+        self.target_load = target_load
         self._overrides = overrides
         self._minter = minter
         self._limits = limits
@@ -195,4 +207,16 @@ class AgentService:
         require_role(caller, self._roles.admin, self._roles.auditor)
         summaries = await self._registry.summaries()
         overrides: Mapping[str, AuthorizationOverride] = await self._overrides.all()
-        return [AgentOverview(summary, overrides.get(summary.agent_id)) for summary in summaries]
+        gateway = self.terms.agent_connection == "gateway"
+        workers: dict[str, list[ConnectedWorker]] = {}
+        for worker in await self._registry.workers() if gateway else []:
+            workers.setdefault(worker.agent_id, []).append(worker)
+        return [
+            AgentOverview(
+                summary,
+                overrides.get(summary.agent_id),
+                tuple(workers.get(summary.agent_id.lower(), ())),
+                gateway,
+            )
+            for summary in summaries
+        ]

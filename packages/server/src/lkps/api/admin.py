@@ -11,9 +11,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lkps.agents import AgentOverview
+from lkps.agents.presence import takes_jobs
 from lkps.api.deps import BearerDoc, BodiesDep, RequestContextDep, ServicesDep, authenticate
 from lkps.api.openapi import error_responses, json_body
-from lkps.api.schemas import AgentId, AgentInfo, AgentList, OverrideBody, OverrideResponse
+from lkps.api.schemas import (
+    AgentId,
+    AgentInfo,
+    AgentList,
+    ConnectedWorkerInfo,
+    OverrideBody,
+    OverrideResponse,
+)
 from lkps.audit import AuditEvent
 from lkps.authorization.override import AuthorizationOverride
 
@@ -30,11 +38,11 @@ def _override_response(override: AuthorizationOverride) -> OverrideResponse:
     )
 
 
-def _agent_info(agent: AgentOverview) -> AgentInfo:
+def _agent_info(agent: AgentOverview, target_load: float) -> AgentInfo:
     summary = agent.summary
     return AgentInfo(
         agent_id=summary.agent_id,
-        present=summary.connected_registrations > 0,
+        present=agent.present,
         enforce_client_authz=agent.enforce_client_authz,
         registered_enforce_client_authz=summary.enforce_client_authz,
         override=_override_response(agent.override) if agent.override else None,
@@ -44,6 +52,24 @@ def _agent_info(agent: AgentOverview) -> AgentInfo:
         last_heartbeat_at=summary.last_heartbeat_at,
         active_registrations=summary.active_registrations,
         connected_registrations=summary.connected_registrations,
+        workers=[
+            ConnectedWorkerInfo(
+                replica_id=worker.replica_id,
+                worker_id=worker.worker_id,
+                registration_id=worker.registration_id,
+                connected_at=worker.connected_at,
+                registered=worker.registered,
+                status=(
+                    "available"
+                    if takes_jobs(worker.available, worker.load, target_load)
+                    else "full"
+                ),
+                load=worker.load,
+                job_count=worker.job_count,
+                updated_at=worker.updated_at,
+            )
+            for worker in agent.workers
+        ],
     )
 
 
@@ -57,7 +83,8 @@ async def list_agents(request: Request, services: ServicesDep) -> AgentList:
     """Every agent that ever registered: presence, effective enforcement, overrides."""
     caller = await authenticate(request, services)
     agents = await services.agents.overview(caller)
-    return AgentList(agents=[_agent_info(agent) for agent in agents])
+    target_load = services.agents.target_load
+    return AgentList(agents=[_agent_info(agent, target_load) for agent in agents])
 
 
 @router.get(

@@ -12,6 +12,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
+from lkps.errors import ServiceUnavailable
 from lkps.gateway import GatewayDenied
 from lkps.gateway.sockets import Closed, Frame
 from lkps.services import Services
@@ -33,6 +34,9 @@ async def agent_gateway(websocket: WebSocket) -> None:
         )
     except GatewayDenied as exc:
         await _deny(websocket, 401, "unauthorized", str(exc))
+        return
+    except ServiceUnavailable as exc:
+        await _deny(websocket, exc.status_code, exc.code, exc.message)
         return
     await websocket.accept()
     await gateway.serve(_StarletteSocket(websocket), session)

@@ -211,6 +211,23 @@ class OverrideResponse(BaseModel):
     updated_by: str
 
 
+class ConnectedWorkerInfo(BaseModel):
+    """One worker connected through the agent gateway (gateway mode)."""
+
+    replica_id: str = Field(description="The LKPS replica holding the connection")
+    worker_id: str | None = Field(description="LiveKit's worker id, once it registered")
+    registration_id: str
+    connected_at: datetime
+    registered: bool = Field(description="LiveKit answered its register: it can get jobs")
+    status: Literal["available", "full"] = Field(
+        description="`full`: it reported WS_FULL or a load at/above "
+        "LKPS_LIVEKIT_AGENT_TARGET_LOAD, so LiveKit offers it no job"
+    )
+    load: float = Field(description="The load it last reported, 0 to 1")
+    job_count: int = Field(description="Jobs it last reported running")
+    updated_at: datetime = Field(description="When LKPS last recorded its status")
+
+
 class AgentInfo(BaseModel):
     agent_id: str
     present: bool
@@ -223,7 +240,13 @@ class AgentInfo(BaseModel):
     last_heartbeat_at: datetime | None
     active_registrations: int = Field(description="Live registrations (worker processes)")
     connected_registrations: int = Field(
-        description="Live registrations whose worker is connected to LiveKit: `present` when > 0"
+        description="Live registrations whose worker is connected to LiveKit: `present` "
+        "when > 0 (direct mode)"
+    )
+    workers: list[ConnectedWorkerInfo] = Field(
+        default_factory=list,
+        description="Workers connected through the agent gateway on a live replica; "
+        "`present` when one is registered (gateway mode; empty in direct mode)",
     )
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from lkps.cli.common import fail
 from lkps.cli.remote import JSON_OPTION, Remote, call, remote_command, to_json
+
+if TYPE_CHECKING:
+    from lkps_client import ConnectedWorker
 
 app = typer.Typer(help="Agents of a running LKPS (app role LKPS.Admin or LKPS.Auditor).")
 
@@ -30,7 +35,9 @@ def agents(ctx: typer.Context, as_json: bool = JSON_OPTION, *, remote: Remote) -
 @app.command("list")
 @remote_command
 def list_agents(as_json: bool = JSON_OPTION, *, remote: Remote) -> None:
-    """List registered agents: presence, workers, enforcement, version, last heartbeat."""
+    """List registered agents: presence, workers, enforcement, version, last heartbeat;
+    under each agent, its workers connected through the gateway (replica, connected
+    since, status, load, jobs)."""
     _list(as_json, remote)
 
 
@@ -54,8 +61,20 @@ def _list(as_json: bool, remote: Remote) -> None:
             f"{agent.agent_id:36}  {'yes' if agent.present else 'no':7}  "
             f"{agent.active_registrations:<7}  {enforce:10}  {agent.version or '-':12}  {heartbeat}"
         )
+        for worker in agent.workers:
+            typer.echo(f"  worker {_worker_line(worker)}")
     if any(agent.override for agent in listed):
         typer.echo("* an operator override applies")
+
+
+def _worker_line(worker: ConnectedWorker) -> str:
+    """One connected worker (gateway mode): where, since when, and what it reported."""
+    state = worker.status if worker.registered else "connecting"
+    return (
+        f"{worker.worker_id or '-'}  replica {worker.replica_id}  "
+        f"since {worker.connected_at.isoformat(timespec='seconds')}  {state}  "
+        f"load {worker.load:.2f}  jobs {worker.job_count}"
+    )
 
 
 @app.command("override")

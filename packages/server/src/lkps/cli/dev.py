@@ -102,6 +102,12 @@ def dev_settings(
         "livekit_url": livekit_url or base.livekit_url or DEV_LIVEKIT_URL,
         "livekit_api_key": base.livekit_api_key or DEV_LIVEKIT_KEY,
         "cors_allow_origins": base.cors_allow_origins or [origin_of(host, port), *DEV_CORS_ORIGINS],
+        # Direct unless asked otherwise: a newcomer's first agent is `lkps dev register`
+        # (presence from heartbeats, no LiveKit needed), which the gateway would never
+        # count. LKPS_AGENT_CONNECTION=gateway tries the gateway (lkps-agent follows).
+        "agent_connection": (
+            base.agent_connection if "agent_connection" in base.model_fields_set else "direct"
+        ),
     }
     if not base.livekit_api_secret.get_secret_value():
         update["livekit_api_secret"] = type(base.livekit_api_secret)(DEV_LIVEKIT_SECRET)

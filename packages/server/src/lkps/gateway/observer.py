@@ -1,9 +1,7 @@
 """What the relay tells the rest of LKPS about worker connections.
 
-This slice closes the impersonation hole; presence and capacity still come from
-registrations and heartbeats. The next slice makes presence follow the live gateway
-connection (and capacity follow the load each worker reports): it implements this
-protocol and hands it to the relay, which already calls it at every step that matters.
+`lkps.gateway.live.LiveConnections` implements it: presence follows the live gateway
+connection, and capacity the status each worker reports.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ class WorkerConnectionObserver(Protocol):
 
 
 class NoObserver:
-    """This slice's observer: presence still follows registrations and heartbeats."""
+    """Observes nothing: for a relay whose connections count for nothing (tests)."""
 
     async def connected(self, worker: WorkerSession) -> None:
         return None

@@ -261,9 +261,10 @@ class GatewayRelay:
             if kind == "assignment" and not message.assignment.url:
                 message.assignment.url = self._livekit_url
                 frame = message.SerializeToString()
-            await worker.send(frame)
             if kind == "register":
+                # Before the worker hears it: once it is registered, LKPS counts it.
                 await self._observer.registered(session, message.register.worker_id)
+            await worker.send(frame)
 
     async def _refuse(
         self, worker: RelaySocket, session: WorkerSession, refusal: WorkerRefused

@@ -5,6 +5,8 @@ treats as "get a new token" (lkps-agent then registers again)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from lkps.gateway.credentials import GatewayCredentials, InvalidGatewayCredential
 from lkps.gateway.observer import WorkerSession
 from lkps.gateway.relay import GatewayRelay, RefusalRecorder
@@ -15,6 +17,11 @@ class GatewayDenied(Exception):
     """The worker may not connect; `str()` says why (safe to tell it)."""
 
 
+# Whether the agent's registration named by a credential is still open (not ended).
+RegistrationCheck = Callable[[str, str], Awaitable[bool]]
+ENDED_REGISTRATION = "the registration this credential was issued for has ended; register again"
+
+
 class AgentGateway:
     def __init__(
         self,
@@ -23,8 +30,10 @@ class AgentGateway:
         refusals: RefusalRecorder,
         *,
         public_url: str,
+        registration_open: RegistrationCheck | None = None,
     ) -> None:
         self._credentials = credentials
+        self._registration_open = registration_open
         self._relay = relay
         self._refusals = refusals
         # Empty: each registration is told the URL it reached LKPS at (ws/wss).
@@ -46,6 +55,20 @@ class AgentGateway:
                 status=401,
             )
             raise GatewayDenied(str(exc)) from None
+        # A deregistered worker's credential stays signed until it expires; the
+        # registration's end is what revokes it. (ServiceUnavailable: the store is down,
+        # and the endpoint answers 503.)
+        if self._registration_open is not None and not await self._registration_open(
+            claims.agent_id, claims.registration_id
+        ):
+            await self._refusals.refused(
+                reason=ENDED_REGISTRATION,
+                agent_id=claims.agent_id,
+                registration_id=claims.registration_id,
+                client_ip=client_ip,
+                status=401,
+            )
+            raise GatewayDenied(ENDED_REGISTRATION)
         return WorkerSession(claims.agent_id, claims.registration_id, client_ip)
 
     async def serve(self, worker: RelaySocket, session: WorkerSession) -> None:

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from lkps.agents import AgentRegistry, agent_not_connected
+from lkps.agents import AgentRegistry, agent_at_capacity, agent_not_connected
 from lkps.audit import AuditScope
 from lkps.authorization import ClientAuthorizer
 from lkps.clock import Clock
@@ -68,7 +68,8 @@ class SessionService:
         self, caller: Caller, request: SessionRequest, audit: AuditScope
     ) -> StartedSession:
         """Raises `TooManyRequests`, `NotFound` (agent absent), `Forbidden` (client not
-        allowed) or `ServiceUnavailable` (store or authorization source down)."""
+        allowed) or `ServiceUnavailable` (store or authorization source down, or every
+        worker of the agent at capacity)."""
         agent = str(request.agent_id)
         audit.set_agent(agent)
         await self._limits.check(Limit.SESSION_PER_CLIENT, caller.client_app_id)
@@ -79,6 +80,8 @@ class SessionService:
         presence = await self._registry.presence(agent)
         if presence is None:
             raise agent_not_connected(agent)
+        if not presence.has_capacity:
+            raise agent_at_capacity(agent)
         decision = await self._authorizer.check(
             agent_id=agent,
             client_app_id=caller.client_app_id,

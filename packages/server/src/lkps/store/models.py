@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, true
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lkps.store.types import PortableString, PortableText, UTCDateTime
@@ -178,3 +178,40 @@ class SessionRow(Base):
     final_state: Mapped[str | None] = mapped_column(PortableString(16))
     reopened_at: Mapped[datetime | None]
     reopened_room_sid: Mapped[str | None] = mapped_column(PortableText())
+
+
+class GatewayReplicaRow(Base):
+    """One running LKPS process that serves the agent gateway. Its worker connections
+    count only while `lease_expires_at` is in the future: the replica renews it every
+    few seconds, so one that dies without a word (SIGKILL) stops counting when it lapses."""
+
+    __tablename__ = "gateway_replicas"
+
+    replica_id: Mapped[str] = mapped_column(PortableString(64), primary_key=True)
+    started_at: Mapped[datetime]
+    lease_expires_at: Mapped[datetime]
+
+
+class WorkerConnectionRow(Base):
+    """One agent worker's open connection through a replica's gateway, and the last
+    status it reported (as far as it was worth writing: see `lkps.gateway.live`)."""
+
+    __tablename__ = "worker_connections"
+    __table_args__ = (
+        Index("ix_worker_connections_agent", "agent_id"),
+        Index("ix_worker_connections_replica", "replica_id"),
+    )
+
+    connection_id: Mapped[str] = mapped_column(PortableString(32), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(PortableString(36))
+    registration_id: Mapped[str] = mapped_column(PortableString(36))
+    replica_id: Mapped[str] = mapped_column(PortableString(64))
+    # LiveKit's id for the worker, once its RegisterWorkerResponse came back.
+    worker_id: Mapped[str | None] = mapped_column(PortableString(64))
+    connected_at: Mapped[datetime]
+    registered: Mapped[bool] = mapped_column(Boolean)
+    # LiveKit's WS_AVAILABLE (False: WS_FULL), the load in [0, 1] and the running jobs.
+    available: Mapped[bool] = mapped_column(Boolean)
+    load: Mapped[float] = mapped_column(Float)
+    job_count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]

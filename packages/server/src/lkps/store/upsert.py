@@ -9,6 +9,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 
+def upsert_values(
+    dialect: str, model: type[DeclarativeBase], rows: list[dict[str, Any]]
+) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of `rows` for `dialect`, to finish with `on_conflict_do_update` (its
+    `excluded` names the values each row tried to insert)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(model).values(rows)
+
+
 async def upsert(
     session: AsyncSession,
     model: type[DeclarativeBase],
