@@ -70,6 +70,11 @@ def leaks(text: str, index: Mapping[str, str]) -> list[str]:
     return leaking
 
 
+# What LKPS records on its own behalf, from a background job rather than a request: no
+# request id to carry (nor do the audit checkpoints it signs).
+LKPS_OWN_EVENTS = frozenset({"agent.expire", "session.agent_missing", "session.redispatched"})
+
+
 @dataclass
 class LogReport:
     lines: int = 0
@@ -127,7 +132,9 @@ def check_logs(
             report.levels.add(str(entry["level"]))
             request_id = entry.get("request_id")
             belongs_to_request = (
-                entry["logger"] in REQUEST_LOGGERS and entry.get("audit_event") != "agent.expire"
+                entry["logger"] in REQUEST_LOGGERS
+                and entry.get("audit_event") not in LKPS_OWN_EVENTS
+                and "audit_checkpoint" not in entry
             )
             if request_id is None:
                 if belongs_to_request:

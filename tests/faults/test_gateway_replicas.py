@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.backends("postgresql")]
 
 BOUND = 10.0
 WATCH = 14.0  # how long after the kill session starts are watched
+WATCH_AT_MOST = 60.0
 
 
 def register(url: str, entra: EntraDouble, agent_id: str) -> dict[str, Any]:
@@ -79,8 +80,14 @@ async def test_a_killed_replicas_workers_stop_counting_within_10_s(
                     killed = time.monotonic()
                     answers: list[tuple[float, str, int]] = []
 
+                    def watching(now: float, agent_id: str) -> bool:
+                        # Past WATCH, on until each agent has answers from beyond the
+                        # bound: on a busy machine one request may take seconds.
+                        seen = sum(1 for t, a, _ in answers if a == agent_id and t > BOUND)
+                        return now < WATCH or (seen < 3 and now < WATCH_AT_MOST)
+
                     async def starter(url: str, agent_id: str) -> None:
-                        while (now := time.monotonic() - killed) < WATCH:
+                        while watching(now := time.monotonic() - killed, agent_id):
                             answers.append(
                                 (now, agent_id, await start(client, url, token, agent_id))
                             )

@@ -104,9 +104,12 @@ def _config(*, mode: str, coverage: bool, max_examples: int) -> schemathesis.Con
     )
 
 
+# The LiveKit webhook's credential is a signature over the exact body, which a fuzzer
+# cannot make for what it sends: tests/api/test_session_lifecycle.py signs every
+# one-field mutation of real events instead (and the bad-token fuzz below still runs).
 schema = schemathesis.openapi.from_dict(
     copy.deepcopy(DOCUMENT), config=_config(mode="all", coverage=True, max_examples=MAX_EXAMPLES)
-)
+).exclude(path="/api/livekit/webhook")
 bad_token_schema = schemathesis.openapi.from_dict(
     copy.deepcopy(DOCUMENT),
     config=_config(mode="positive", coverage=False, max_examples=BAD_TOKEN_EXAMPLES),

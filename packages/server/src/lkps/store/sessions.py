@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, delete, insert, select, update
+from sqlalchemy import ColumnElement, case, delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lkps.sessions.records import (
@@ -142,7 +142,11 @@ async def note_room(db: Database, room_name: str, room_sid: str) -> None:
 def _room_sid(room_sid: str | None) -> dict[str, Any]:
     if not room_sid:
         return {}
-    return {"room_sid": case((SessionRow.room_sid.is_(None), room_sid), else_=SessionRow.room_sid)}
+    # The value bound with the column's type, as a plain comparison would: a bare one
+    # in a CASE is bound as VARCHAR, skipping PortableText's NUL escaping (PostgreSQL
+    # refused a signed event's sid with a NUL: 503).
+    sid = literal(room_sid, SessionRow.room_sid.type)
+    return {"room_sid": case((SessionRow.room_sid.is_(None), sid), else_=SessionRow.room_sid)}
 
 
 async def client_joined(
