@@ -44,6 +44,7 @@ from lkps.audit.records import (
     Outcome,
 )
 from lkps.audit.rejections import RejectionRate
+from lkps.batches import commit_in_batches
 from lkps.clock import Clock, SystemClock
 from lkps.errors import ServiceUnavailable
 from lkps.metrics import AUDIT_BATCH, AUDIT_FAILURES, AUDIT_RECORDS, AUDIT_WRITE
@@ -228,19 +229,7 @@ class AuditLog:
         )
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            await self._commit(batch)
+        await commit_in_batches(self._queue, self._commit, max_batch=self._max_batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         failure = await self._try_commit(batch)

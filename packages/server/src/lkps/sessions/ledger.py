@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from lkps.batches import commit_in_batches
 from lkps.errors import ServiceUnavailable
 from lkps.sessions.records import SessionGrant
 from lkps.store import Database
@@ -56,19 +57,7 @@ class SessionLedger:
         await future
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            await self._commit(batch)
+        await commit_in_batches(self._queue, self._commit, max_batch=self._max_batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
