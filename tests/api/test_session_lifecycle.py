@@ -18,6 +18,7 @@ from lkps.audit import AuditRecord
 from lkps_testkit.livekit import LiveKitDouble
 from tests.api.util import running_lkps
 from tests.api.webhooks import body_of, event, signature, signed
+from tests.backends import StoreSql
 from tests.conftest import AGENT, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET, FakeClock, Lkps
 
 pytestmark = pytest.mark.api
@@ -444,15 +445,32 @@ async def test_concurrent_grants_each_get_their_session_row(lkps: Lkps) -> None:
     )
 
 
-async def test_no_token_leaves_without_its_session_row(lkps: Lkps) -> None:
+async def test_a_session_row_the_store_refuses_fails_that_start_alone(
+    lkps: Lkps, store_sql: StoreSql
+) -> None:
+    """The row rides with its grant's record, in the audit writer's shared batch: a row
+    the store refuses fails its own start (503, no token, no record, no session) and
+    none of the others committed beside it."""
     assert (await lkps.register()).status_code == 200
-    await lkps.services.ledger.stop()
-    refused = await lkps.start_session()
+    await store_sql.refuse("refuse_session", "INSERT", "sessions", "NEW.actor_cwid LIKE '%victim%'")
+    users = ["victim", *(f"user{index}" for index in range(9))]
+    answers = await asyncio.gather(
+        *(lkps.start_session(token=lkps.user_token(user)) for user in users)
+    )
+    refused, *granted = answers
     assert refused.status_code == 503 and "participant_token" not in refused.json()
-    await lkps.services.ledger.start()
-    assert (await lkps.start_session()).status_code == 200
+    assert [answer.status_code for answer in granted] == [200] * 9
+    headers = {"Authorization": f"Bearer {auditor(lkps)}"}
+    listed = (await lkps.http.get("/api/sessions", headers=headers)).json()["sessions"]
+    assert sorted(s["session_id"] for s in listed) == sorted(
+        a.json()["session_id"] for a in granted
+    )
     starts = [r for r in await lkps.audit_records() if r.event == "session.start"]
-    assert [(r.outcome, r.status) for r in starts] == [("denied", 503), ("granted", 200)]
+    assert [r.outcome for r in starts] == ["granted"] * 9
+    assert not any("victim" in (r.actor_cwid or "") for r in starts)
+    assert (await lkps.services.audit.verify()).ok
+    await store_sql.allow("refuse_session", "sessions")
+    assert (await lkps.start_session(token=lkps.user_token("victim"))).status_code == 200
 
 
 # Values a signed body may carry where an event has something else: LiveKit signs what it

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, AuditRecord, AuditUnavailable, Outcome
+from lkps.audit.log import SessionRowValues
 from lkps.store import Database
 from tests.backends import TestDatabase
 
@@ -34,8 +35,10 @@ class ShortChangedOnce(AuditLog):
 
     short_change = True
 
-    async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
-        records = await super()._write(entries)
+    async def _write(
+        self, entries: list[AuditEntry], sessions: Sequence[SessionRowValues] = ()
+    ) -> list[AuditRecord]:
+        records = await super()._write(entries, sessions)
         if self.short_change:
             self.short_change = False
             return records[:-1]

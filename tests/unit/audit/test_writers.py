@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, AuditRecord, AuditUnavailable, Outcome
 from lkps.audit.keys import AuditKeys, chain_key
+from lkps.audit.log import SessionRowValues
 from lkps.store import Database, StoreUnavailable
 from lkps.store import audit as queries
 from tests.backends import StoreSql, TestDatabase
@@ -182,12 +183,14 @@ async def test_the_writer_outlives_a_batch_that_failed_unexpectedly(
     original = AuditLog._write
     calls = 0
 
-    async def fail_once(self: AuditLog, entries: list[AuditEntry]) -> list[AuditRecord]:
+    async def fail_once(
+        self: AuditLog, entries: list[AuditEntry], sessions: Sequence[SessionRowValues] = ()
+    ) -> list[AuditRecord]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("a bug")
-        return await original(self, entries)
+        return await original(self, entries, sessions)
 
     monkeypatch.setattr(AuditLog, "_write", fail_once)
     await audit.start()

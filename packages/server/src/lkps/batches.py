@@ -1,4 +1,4 @@
-"""The group-commit loop shared by LKPS's writers (the audit log, the session ledger):
+"""The group-commit loop of LKPS's batched writers (the audit log):
 requests queue their items, and one task takes whatever has queued since its last
 commit, up to a bound, and commits it as one batch."""
 

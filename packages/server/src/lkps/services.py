@@ -39,7 +39,6 @@ from lkps.livekit.dispatch import AgentDispatcher, LiveKitDispatcher
 from lkps.livekit.webhooks import WebhookVerifier
 from lkps.outbound import outbound_tls
 from lkps.sessions import SessionService
-from lkps.sessions.ledger import SessionLedger
 from lkps.sessions.lifecycle import SessionLifecycle
 from lkps.sessions.metrics import count_session_start
 from lkps.sessions.reading import SessionRecords
@@ -63,7 +62,6 @@ class Services:
     authorization: AuthorizationService
     sweeper: PresenceSweeper
     lifecycle: SessionLifecycle
-    ledger: SessionLedger
     session_records: SessionRecords
     webhooks: WebhookVerifier
     # Set when LKPS_AGENT_CONNECTION=gateway.
@@ -255,10 +253,8 @@ async def running_services(
         teardown.push_async_callback(
             _shutdown_step, "close the LiveKit dispatch client", dispatcher.aclose
         )
-        ledger = SessionLedger(db)
         lifecycle = SessionLifecycle(
             db,
-            ledger,
             audit,
             dispatcher,
             clock,
@@ -304,7 +300,6 @@ async def running_services(
                 minter,
                 limits,
                 clock,
-                lifecycle,
                 livekit_url=settings.livekit_url,
                 max_participants=settings.room_max_participants,
                 participant_token_ttl=settings.participant_token_ttl,
@@ -312,7 +307,6 @@ async def running_services(
             authorization=AuthorizationService(overrides, roles),
             sweeper=PresenceSweeper(registry, audit),
             lifecycle=lifecycle,
-            ledger=ledger,
             session_records=SessionRecords(lifecycle, roles),
             webhooks=WebhookVerifier(
                 settings.livekit_api_key,
@@ -337,8 +331,6 @@ async def running_services(
             )
         await audit.start()
         teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
-        await ledger.start()
-        teardown.push_async_callback(_shutdown_step, "stop the session ledger", ledger.stop)
         await jwks.refresh()
         await source.start()
         with contextlib.suppress(ServiceUnavailable):

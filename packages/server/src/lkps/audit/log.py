@@ -4,7 +4,9 @@ Appends from concurrent requests are queued to one writer task per process, whic
 commits them in batches (group commit): one transaction locks the chain head, chains
 and inserts every queued record, and moves the head. Each request waits for the commit
 that holds its record, so nothing is answered before its record is durable, and a
-failed commit fails every request in that batch with 503.
+failed commit fails every request in that batch with 503. A granted session's row rides
+with its grant's record, in the same commit: the session-start path pays for one
+commit, not two, and a session exists exactly when its grant is recorded.
 
 A request that changes state (an override, a registration) records it with `change`
 instead: the change and its record are committed in one transaction of their own, or
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -57,7 +59,9 @@ log = logging.getLogger(__name__)
 # Every written record's line, whoever wrote it: one logger operators can route.
 records_log = logging.getLogger("lkps.audit")
 
-_Pending = tuple[AuditEntry, "asyncio.Future[AuditRecord]"]
+# A granted session's row (`lkps.sessions.records.SessionGrant.row`), stored with its record.
+SessionRowValues = Mapping[str, Any]
+_Pending = tuple[AuditEntry, SessionRowValues | None, "asyncio.Future[AuditRecord]"]
 T = TypeVar("T")
 # A state change made on the session it is given; its result, and the entries that
 # record it (filled in once it has run, so that they can say what it did).
@@ -134,15 +138,18 @@ class AuditLog:
         except Exception:  # stopping goes on: the rest of the shutdown must still run
             log.exception("the audit writer had failed")
 
-    async def append(self, entry: AuditEntry) -> AuditRecord:
-        """Returns once the record is committed, logged and counted; raises
-        `AuditUnavailable` otherwise."""
+    async def append(
+        self, entry: AuditEntry, *, session: SessionRowValues | None = None
+    ) -> AuditRecord:
+        """Returns once the record (and the granted `session`'s row, if any) is
+        committed, logged and counted; raises `AuditUnavailable` otherwise, and then
+        neither was stored."""
         try:
             if not self.running:
                 raise AuditUnavailable("writer is not running")
             bound(entry)
             future: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
-            self._queue.put_nowait((entry, future))
+            self._queue.put_nowait((entry, session, future))
             record = await future
         except AuditUnavailable as failure:
             _refused(entry, failure)
@@ -248,7 +255,7 @@ class AuditLog:
             if isinstance(failure, AuditUnavailable)
             else AuditUnavailable(type(failure).__name__)
         )
-        for _, future in batch:
+        for _, _, future in batch:
             if not future.done():
                 future.set_exception(refusal)
 
@@ -257,8 +264,11 @@ class AuditLog:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._write_timeout):
-                records = await self._write([entry for entry, _ in batch])
-            for (_, future), record in zip(batch, records, strict=True):
+                records = await self._write(
+                    [entry for entry, _, _ in batch],
+                    [session for _, session, _ in batch if session is not None],
+                )
+            for (_, _, future), record in zip(batch, records, strict=True):
                 if not future.done():
                     future.set_result(record)
         except Exception as exc:
@@ -277,11 +287,13 @@ class AuditLog:
         """The key new records are chained with."""
         return self.keys.current if self.keys else None
 
-    async def _write(self, entries: list[AuditEntry]) -> list[AuditRecord]:
+    async def _write(
+        self, entries: list[AuditEntry], sessions: Sequence[SessionRowValues] = ()
+    ) -> list[AuditRecord]:
         key = self.key
 
         async def work(connection: AsyncConnection) -> list[AuditRecord]:
-            return await chain_and_store(connection, entries, key)
+            return await chain_and_store(connection, entries, key, sessions)
 
         if self._db.dialect == "postgresql":
             # One statement in autocommit: the head stays locked for PostgreSQL's own
@@ -365,17 +377,21 @@ def count_record(entry: AuditEntry) -> None:
 
 
 async def chain_and_store(
-    connection: AsyncConnection, entries: list[AuditEntry], key: ChainKey | None
+    connection: AsyncConnection,
+    entries: list[AuditEntry],
+    key: ChainKey | None,
+    sessions: Sequence[SessionRowValues] = (),
 ) -> list[AuditRecord]:
     """THE chaining: lock the chain head, chain `entries` after it under `key` (None:
-    unkeyed), store them and move the head, on `connection`. Every writer of records
-    comes through here, whichever engine and whatever transaction it runs in: in its
-    own (the group-commit writer) or in one that also holds a state change."""
+    unkeyed), store them (and the granted `sessions`' rows) and move the head, on
+    `connection`. Every writer of records comes through here, whichever engine and
+    whatever transaction it runs in: in its own (the group-commit writer) or in one
+    that also holds a state change."""
     if not entries:
         return []
     if connection.dialect.name == "postgresql":
-        return await _chain_in_store(connection, entries, key)
-    return await _chain(connection, entries, key)
+        return await _chain_in_store(connection, entries, key, sessions)
+    return await _chain(connection, entries, key, sessions)
 
 
 def _row(entry: AuditEntry, key: ChainKey | None) -> dict[str, Any]:
@@ -398,7 +414,10 @@ def _refused(entry: AuditEntry, failure: AuditUnavailable) -> None:
 
 
 async def _chain(
-    connection: AsyncConnection, entries: list[AuditEntry], key: ChainKey | None
+    connection: AsyncConnection,
+    entries: list[AuditEntry],
+    key: ChainKey | None,
+    sessions: Sequence[SessionRowValues],
 ) -> list[AuditRecord]:
     """SQLite: lock the chain head, chain `entries` after it, store them and move the
     head, in the caller's transaction. Sequence numbers and hashes are computed here,
@@ -412,12 +431,15 @@ async def _chain(
         row["prev_hash"] = previous
         row["hash"] = previous = record_hash(row, key)
         rows.append(row)
-    await queries.append_records(connection, rows, seq, previous)
+    await queries.append_records(connection, rows, seq, previous, sessions)
     return [AuditRecord(**row) for row in rows]
 
 
 async def _chain_in_store(
-    connection: AsyncConnection, entries: list[AuditEntry], key: ChainKey | None
+    connection: AsyncConnection,
+    entries: list[AuditEntry],
+    key: ChainKey | None,
+    sessions: Sequence[SessionRowValues],
 ) -> list[AuditRecord]:
     """PostgreSQL: have the store chain `entries` after its head, under its own lock,
     from each record's own HMAC key (never the audit key), and check each hash it
@@ -427,7 +449,7 @@ async def _chain_in_store(
     texts = [hashed_text(row) for row in rows]
     record_keys = [key.record_key(row["record_id"]) if key else None for row in rows]
     pads = [hmac_pads(record_key) if record_key else None for record_key in record_keys]
-    links = await queries.append_chained(connection, rows, texts, pads)
+    links = await queries.append_chained(connection, rows, texts, pads, sessions)
     records: list[AuditRecord] = []
     for row, hashed, record_key, (seq, previous, hash_) in zip(
         rows, texts, record_keys, links, strict=True

@@ -16,7 +16,8 @@ cannot be written the caller gets 503 instead, whatever the outcome was.
 An attempt that changes state makes the change through `commit`, as its last step: the
 change and its `granted` record are committed in one transaction, or neither is (then
 the attempt is recorded as denied, with the failure's status, when the trail can be
-written at all).
+written at all). A session start's one change, its session row, rides with the granted
+record in the audit writer's batch instead (`open_session`): the hot path's one commit.
 
 The use cases fill the record as they go (`set_agent`, `set_room`, ...), each field
 before the step that could fail, so a denial is attributed as far as it got.
@@ -24,7 +25,6 @@ before the step that could fail, so a denial is attributed as far as it got.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,15 +34,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lkps.audit.log import AuditLog, AuditUnavailable
+from lkps.audit.log import AuditLog, AuditUnavailable, SessionRowValues
 from lkps.audit.records import AuditEntry, AuditEvent, AuditRecord, Outcome
-from lkps.errors import InternalError, LKPSError, ServiceUnavailable, Unauthenticated
+from lkps.errors import InternalError, LKPSError, Unauthenticated
 from lkps.identity.caller import Caller
 
 log = logging.getLogger("lkps.audit")
 
 T = TypeVar("T")
-Undo = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +64,7 @@ class AuditScope:
         self._failure_message = failure_message
         self._status = granted_status
         self._reason: str | None = None
-        self._undo: list[Undo] = []
+        self._session: SessionRowValues | None = None
         self.entry = AuditEntry(
             event=event,
             outcome=Outcome.GRANTED,
@@ -129,13 +128,11 @@ class AuditScope:
             raise
         return result
 
-    def undo_unless_recorded(self, undo: Undo) -> None:
-        """Run `undo` if the record written when the block ends cannot be: for what an
-        attempt keeps outside its record's transaction (a session start's lifecycle
-        row, written in batches of its own on the hot path), which must not stay behind
-        a 503. A change that must be atomic with its record goes through `commit`. A
-        failing `undo` that is itself a store outage is left to expire by itself."""
-        self._undo.append(undo)
+    def open_session(self, session: SessionRowValues) -> None:
+        """Store a granted session's row (`SessionGrant.row`) with this attempt's
+        `granted` record, in the same commit of the audit writer's batch: the session
+        exists exactly when its grant is recorded, and a denial stores none."""
+        self._session = session
 
     # The block.
 
@@ -157,7 +154,7 @@ class AuditScope:
             return False
         if exc is None:
             self._finish(Outcome.GRANTED, self._status, self._reason)
-            await self._append()
+            await self._append(session=self._session)
             return False
         if isinstance(exc, Unauthenticated):
             unrecorded = self._log.rejections.admit(self.entry.client_ip, exc.kind)
@@ -181,13 +178,12 @@ class AuditScope:
         self.entry.status = status
         self.entry.reason = reason
 
-    async def _append(self, cause: BaseException | None = None) -> None:
+    async def _append(
+        self, cause: BaseException | None = None, session: SessionRowValues | None = None
+    ) -> None:
         try:
-            self.record = await self._log.append(self.entry)
+            self.record = await self._log.append(self.entry, session=session)
         except AuditUnavailable as failure:
-            for undo in reversed(self._undo):
-                with contextlib.suppress(ServiceUnavailable):
-                    await undo()
             raise failure from cause
 
 

@@ -36,8 +36,7 @@ from lkps.metrics import (
     SESSION_REDISPATCHES,
     SESSIONS_ENDED,
 )
-from lkps.sessions.ledger import SessionLedger
-from lkps.sessions.records import SessionFacts, SessionGrant, SessionState
+from lkps.sessions.records import SessionFacts, SessionState
 from lkps.store import Database
 from lkps.store import sessions as store
 
@@ -52,7 +51,6 @@ class SessionLifecycle:
     def __init__(
         self,
         db: Database,
-        ledger: SessionLedger,
         audit: AuditLog,
         dispatcher: AgentDispatcher,
         clock: Clock,
@@ -60,19 +58,10 @@ class SessionLifecycle:
         agent_join_timeout: float,
     ) -> None:
         self._db = db
-        self._ledger = ledger
         self._audit = audit
         self._dispatcher = dispatcher
         self._clock = clock
         self._timeout = timedelta(seconds=agent_join_timeout)
-
-    # The grant.
-
-    async def granted(self, grant: SessionGrant) -> None:
-        await self._ledger.add(grant)
-
-    async def forget(self, session_id: str) -> None:
-        await store.delete_session(self._db, session_id)
 
     # Reading.
 

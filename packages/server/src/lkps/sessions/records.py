@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class SessionState(StrEnum):
@@ -35,6 +36,24 @@ class SessionGrant:
     app_only: bool
     dispatch_metadata: str
     granted_at: datetime
+
+    def row(self) -> dict[str, Any]:
+        """Its row in the sessions table, as stored at the grant (no step yet)."""
+        return {
+            "session_id": self.session_id,
+            "room_name": self.room_name,
+            "agent_id": self.agent_id,
+            "state": SessionState.GRANTED.value,
+            "via": self.via,
+            "actor_tenant_id": self.actor_tenant_id,
+            "actor_object_id": self.actor_object_id,
+            "actor_cwid": self.actor_cwid,
+            "client_app_id": self.client_app_id,
+            "app_only": self.app_only,
+            "dispatch_metadata": self.dispatch_metadata,
+            "granted_at": self.granted_at,
+            "no_show_stage": 0,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ from lkps.clock import Clock
 from lkps.identity import Caller
 from lkps.limits.limiter import Limit, RateLimiter
 from lkps.livekit import IssuedToken, TokenMinter, dispatch_room_config
-from lkps.sessions.lifecycle import SessionLifecycle
 from lkps.sessions.metadata import ClientMetadata, dispatch_metadata
 from lkps.sessions.records import SessionGrant
 from lkps.sessions.room_names import new_room_name
@@ -48,7 +47,6 @@ class SessionService:
         minter: TokenMinter,
         limits: RateLimiter,
         clock: Clock,
-        lifecycle: SessionLifecycle,
         *,
         livekit_url: str,
         max_participants: int,
@@ -59,7 +57,6 @@ class SessionService:
         self._minter = minter
         self._limits = limits
         self._clock = clock
-        self._lifecycle = lifecycle
         self._livekit_url = livekit_url
         self._max_participants = max_participants
         self._ttl = timedelta(seconds=participant_token_ttl)
@@ -108,8 +105,8 @@ class SessionService:
             participant_token=token,
         )
         # The session's row, for its lifecycle (webhooks, no-show retry, GET
-        # /api/sessions): gone again if the grant's record cannot be written.
-        await self._lifecycle.granted(
+        # /api/sessions): committed with the grant's record, or not at all.
+        audit.open_session(
             SessionGrant(
                 session_id=session.session_id,
                 room_name=room,
@@ -122,9 +119,8 @@ class SessionService:
                 app_only=caller.app_only,
                 dispatch_metadata=metadata,
                 granted_at=self._clock.now(),
-            )
+            ).row()
         )
-        audit.undo_unless_recorded(lambda: self._lifecycle.forget(session.session_id))
         audit.detail(
             via=request.via,
             session_id=session.session_id,

@@ -13,7 +13,7 @@ from sqlalchemy.types import LargeBinary, Text, TypeEngine
 
 from lkps.audit.chain import HashedText
 from lkps.audit.records import AuditFilter, AuditRecord
-from lkps.store.models import AuditChainHead, AuditCheckpointRow, AuditRecordRow
+from lkps.store.models import AuditChainHead, AuditCheckpointRow, AuditRecordRow, SessionRow
 from lkps.store.types import PortableString
 
 _HEAD_ID = 1
@@ -35,6 +35,26 @@ _MOVE_HEAD = (
     .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
 )
 _INSERT = insert(AuditRecordRow)
+_INSERT_SESSIONS = insert(SessionRow)
+
+# A granted session's row (`lkps.sessions.records.SessionGrant.row`) is stored by the
+# statement that stores its grant's record: one commit for both, so no token leaves
+# without its session, and no session stays behind a grant that was not recorded.
+GRANTED_SESSION_COLUMNS = (
+    "session_id",
+    "room_name",
+    "agent_id",
+    "state",
+    "via",
+    "actor_tenant_id",
+    "actor_object_id",
+    "actor_cwid",
+    "client_app_id",
+    "app_only",
+    "dispatch_metadata",
+    "granted_at",
+    "no_show_stage",
+)
 
 
 def _array_of(type_: TypeEngine[Any]) -> ARRAY[Any]:
@@ -55,8 +75,9 @@ _TEXT_PARTS = ("before_prev", "before_seq", "after_seq")
 _PADS = ("ipad", "opad")
 
 
-def _append_chained() -> TextClause:
-    """PostgreSQL: a whole batch chained, stored and committed in one statement.
+def _append_chained(*, with_sessions: bool) -> TextClause:
+    """PostgreSQL: a whole batch chained, stored and committed in one statement (with
+    the sessions its grants opened, `with_sessions`).
 
     The chain head is locked, each record's hash computed from the one before it (a
     recursive CTE filling the links into its hashed text, see `HashedText`, and taking
@@ -69,8 +90,19 @@ def _append_chained() -> TextClause:
     the column's own type exactly as a single-row insert would.
     """
     columns = AuditRecordRow.__table__.columns
+    session_columns = SessionRow.__table__.columns
     content = ", ".join(_CONTENT)
     arrays = ", ".join(f":{name}" for name in (*_CONTENT, *_TEXT_PARTS, *_PADS))
+    session_arrays = ", ".join(f":session_{name}" for name in GRANTED_SESSION_COLUMNS)
+    sessions = (
+        f"""
+        granted_sessions AS (
+            INSERT INTO sessions ({", ".join(GRANTED_SESSION_COLUMNS)})
+            SELECT * FROM unnest({session_arrays})
+        ),"""  # noqa: S608
+        if with_sessions
+        else ""
+    )
     # Only the model's column names are spliced in; every value is a bound parameter.
     statement = text(
         f"""
@@ -98,6 +130,7 @@ def _append_chained() -> TextClause:
             SELECT c.seq, {", ".join(f"b.{name}" for name in _CONTENT)}, c.prev_hash, c.hash
             FROM batch b JOIN chain c ON c.n = b.n
         ),
+        {sessions}
         moved AS (
             UPDATE audit_chain_head SET seq = last.seq, hash = last.hash
             FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last
@@ -110,10 +143,15 @@ def _append_chained() -> TextClause:
         *(bindparam(name, type_=_array_of(columns[name].type)) for name in _CONTENT),
         *(bindparam(name, type_=ARRAY(Text(), dimensions=1)) for name in _TEXT_PARTS),
         *(bindparam(name, type_=ARRAY(LargeBinary(), dimensions=1)) for name in _PADS),
+        *(
+            bindparam(f"session_{name}", type_=_array_of(session_columns[name].type))
+            for name in (GRANTED_SESSION_COLUMNS if with_sessions else ())
+        ),
     )
 
 
-_APPEND_CHAINED = _append_chained()
+_APPEND_CHAINED = _append_chained(with_sessions=False)
+_APPEND_CHAINED_WITH_SESSIONS = _append_chained(with_sessions=True)
 
 
 async def append_chained(
@@ -121,10 +159,12 @@ async def append_chained(
     rows: Sequence[Mapping[str, Any]],
     texts: Sequence[HashedText],
     pads: Sequence[tuple[bytes, bytes] | None],
+    sessions: Sequence[Mapping[str, Any]] = (),
 ) -> list[tuple[int, str, str]]:
     """PostgreSQL: chain `rows` (content columns only) after the head, store them and
     move the head, in one statement; (seq, prev_hash, hash) of each, in order. `pads`:
-    each record's HMAC pads (None: an unkeyed link).
+    each record's HMAC pads (None: an unkeyed link). `sessions`: granted sessions' rows
+    (`GRANTED_SESSION_COLUMNS`), stored by the same statement.
 
     Atomic by itself: the writer runs it in autocommit, where its commit is the
     statement's; a change recorded with it runs it last in the change's transaction."""
@@ -133,7 +173,12 @@ async def append_chained(
         arrays[part] = [getattr(hashed, part) for hashed in texts]
     arrays["ipad"] = [pad[0] if pad else None for pad in pads]
     arrays["opad"] = [pad[1] if pad else None for pad in pads]
-    result = await connection.execute(_APPEND_CHAINED, arrays)
+    statement = _APPEND_CHAINED
+    if sessions:
+        statement = _APPEND_CHAINED_WITH_SESSIONS
+        for name in GRANTED_SESSION_COLUMNS:
+            arrays[f"session_{name}"] = [session[name] for session in sessions]
+    result = await connection.execute(statement, arrays)
     return [(int(seq), str(prev), str(hash_)) for seq, prev, hash_ in result]
 
 
@@ -144,14 +189,21 @@ async def lock_chain_head(connection: AsyncConnection) -> tuple[int, str]:
 
 
 async def append_records(
-    connection: AsyncConnection, rows: Sequence[dict[str, Any]], seq: int, hash_: str
+    connection: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    seq: int,
+    hash_: str,
+    sessions: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    """Insert chained `rows` and move the locked head to (`seq`, `hash_`), the last of them.
+    """Insert chained `rows` (and granted `sessions`' rows) and move the locked head to
+    (`seq`, `hash_`), the last of them.
 
     SQLite's way (`append_chained` is PostgreSQL's): it runs in-process, so the driver's
     executemany (one call for the batch) costs no round trips, and the one writer at a
     time holds the database's write lock anyway."""
     await connection.execute(_INSERT, list(rows))
+    if sessions:
+        await connection.execute(_INSERT_SESSIONS, list(sessions))
     await connection.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": hash_})
 
 

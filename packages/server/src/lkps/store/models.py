@@ -147,7 +147,7 @@ class SessionRow(Base):
     )
 
     # What LiveKit's events and the caller's claims fill is TEXT: no value of theirs can
-    # fail a write (the grant's rows are written in batches, see lkps.sessions.ledger).
+    # fail a write (the grant's rows are written with its audit record, in batches).
     session_id: Mapped[str] = mapped_column(PortableString(36), primary_key=True)
     room_name: Mapped[str] = mapped_column(PortableText(), unique=True)
     agent_id: Mapped[str] = mapped_column(PortableString(36))

@@ -1,4 +1,5 @@
-"""Session queries. Every step is one UPDATE that sets its column only while it is
+"""Session queries. A session's row is stored with its grant's audit record, by the
+audit writer (`lkps.store.audit`). Every step is one UPDATE that sets its column only while it is
 still null and returns the row it changed: the replica whose statement matched is the
 one that records the step, so a repeated or late event is recorded once, by one replica.
 """
@@ -9,62 +10,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, delete, insert, literal, select, update
+from sqlalchemy import ColumnElement, case, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lkps.sessions.records import (
     PROGRESS,
     SESSION_FIELDS,
     SessionFacts,
-    SessionGrant,
     SessionState,
 )
 from lkps.store.engine import Database
 from lkps.store.models import SessionRow
 
 _COLUMNS = [SessionRow.__table__.c[name] for name in SESSION_FIELDS]
-_INSERT = insert(SessionRow)
 
 
 def _facts(row: Sequence[Any]) -> SessionFacts:
     return SessionFacts(*row)
-
-
-def _granted_row(grant: SessionGrant) -> dict[str, Any]:
-    return {
-        "session_id": grant.session_id,
-        "room_name": grant.room_name,
-        "agent_id": grant.agent_id,
-        "state": SessionState.GRANTED.value,
-        "via": grant.via,
-        "actor_tenant_id": grant.actor_tenant_id,
-        "actor_object_id": grant.actor_object_id,
-        "actor_cwid": grant.actor_cwid,
-        "client_app_id": grant.client_app_id,
-        "app_only": grant.app_only,
-        "dispatch_metadata": grant.dispatch_metadata,
-        "granted_at": grant.granted_at,
-        "no_show_stage": 0,
-    }
-
-
-async def insert_sessions(db: Database, grants: list[SessionGrant]) -> None:
-    """Granted sessions, in one multi-row INSERT (autocommit on PostgreSQL)."""
-    rows = [_granted_row(grant) for grant in grants]
-
-    async def run(connection: AsyncConnection) -> None:
-        await connection.execute(_INSERT, rows)
-
-    await db.statement(run)
-
-
-async def delete_session(db: Database, session_id: str) -> None:
-    """Undo `insert_session` for a grant whose audit record could not be written."""
-
-    async def run(connection: AsyncConnection) -> None:
-        await connection.execute(delete(SessionRow).where(SessionRow.session_id == session_id))
-
-    await db.statement(run)
 
 
 async def find_session(db: Database, session_id: str) -> SessionFacts | None:
