@@ -347,3 +347,26 @@ def test_the_values_files_match_the_environments_table(
     assert env["LKPS_ENV"] == environment
     assert env["LKPS_ENTRA_AUDIENCES"] == scope.removesuffix("/.default")
     assert env["LKPS_AGENT_GATEWAY_URL"] == re.sub(r"^https://", "wss://", url)
+
+
+def test_previous_audit_keys_are_mounted_beside_the_current_one(helm: Path) -> None:
+    docs = render(
+        helm, "-f", str(values("prod")), "--set", "auditKeys.previousKeyKeys={old-1.key,old-2.key}"
+    )
+    settings = settings_of(pod_env(docs))
+    settings.check_servable()
+    assert [str(path) for path in settings.audit_previous_key_files] == [
+        "/run/secrets/lkps-audit/old-1.key",
+        "/run/secrets/lkps-audit/old-2.key",
+    ]
+    volume = next(
+        volume
+        for volume in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        if volume["name"] == "audit-keys"
+    )
+    assert [item["key"] for item in volume["secret"]["items"]] == [
+        "audit.key",
+        "audit-signing.pem",
+        "old-1.key",
+        "old-2.key",
+    ]
