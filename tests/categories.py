@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 # pyproject.toml's `markers` name these and only these (tests/unit/test_categories.py).
-CATEGORIES = frozenset({"unit", "api", "cli", "e2e"})
+CATEGORIES = frozenset({"unit", "api", "cli", "e2e", "deploy"})
 
 
 def categories_of(module: ModuleType) -> set[str]:

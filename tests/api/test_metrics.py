@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from lkps_testkit import EntraDouble
 from tests.api.util import running_lkps
+from tests.backends import StoreSql
 from tests.conftest import AGENT, CLIENT_B, FakeClock, Lkps
 
 pytestmark = pytest.mark.api
@@ -96,3 +97,25 @@ async def test_audit_jwks_token_cache_and_rate_limit_metrics(
     assert fetches.value == 1  # the startup fetch
     assert hits.value >= 2  # alice's token verified once, then served from the cache
     assert limited.value == 1
+
+
+async def test_chain_verifications_by_result(lkps: Lkps, store_sql: StoreSql) -> None:
+    """The alert on a broken chain (deploy/prometheus) counts on this: each verification
+    over HTTP is counted by its result, and an edited record counts as broken."""
+    ok = Delta("lkps_audit_chain_verifications_total", result="ok")
+    broken = Delta("lkps_audit_chain_verifications_total", result="broken")
+    headers = {"Authorization": f"Bearer {lkps.user_token('ops', roles=['LKPS.Auditor'])}"}
+    await lkps.register(AGENT)
+    await lkps.start_session(AGENT)
+    assert (await lkps.http.get("/api/audit/verify", headers=headers)).json()["ok"] is True
+    assert (ok.value, broken.value) == (1, 0)
+    await store_sql.allow_audit_changes()
+    await store_sql.execute("UPDATE audit_records SET outcome = 'denied' WHERE seq = 2")
+    assert (await lkps.http.get("/api/audit/verify", headers=headers)).json()["ok"] is False
+    assert (ok.value, broken.value) == (1, 1)
+    # A caller without the auditor role verifies nothing, so nothing is counted.
+    refused = await lkps.http.get(
+        "/api/audit/verify", headers={"Authorization": f"Bearer {lkps.user_token('alice')}"}
+    )
+    assert refused.status_code == 403
+    assert (ok.value, broken.value) == (1, 1)

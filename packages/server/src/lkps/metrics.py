@@ -112,3 +112,10 @@ SESSION_REDISPATCH_JOINED = Counter(
     "lkps_session_redispatch_joined_total",
     "Re-dispatched sessions whose agent then joined (retries that worked)",
 )
+# The audit chain checked by GET /api/audit/verify (an auditor, or a scheduled check):
+# any "broken" is tampering or a lost record (docs/runbooks.md).
+AUDIT_CHAIN_VERIFICATIONS = Counter(
+    "lkps_audit_chain_verifications_total",
+    "Audit chain verifications by result (ok, broken)",
+    ["result"],
+)

@@ -13,6 +13,7 @@ from lkps.audit.log import AuditLog
 from lkps.audit.records import AuditFilter, AuditRecord
 from lkps.errors import BadRequest
 from lkps.identity import AppRoles, Caller, require_role
+from lkps.metrics import AUDIT_CHAIN_VERIFICATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,12 @@ class AuditTrail:
         a tail removed with the head rewound shows while a checkpoint past it is still
         stored, and records from before the chain was keyed pass once one covers them."""
         require_role(caller, self._roles.auditor)
+        result = await self._verify()
+        # Counted for the alert on a broken chain (deploy/prometheus/lkps-alerts.yaml).
+        AUDIT_CHAIN_VERIFICATIONS.labels("ok" if result.ok else "broken").inc()
+        return result
+
+    async def _verify(self) -> ChainVerification:
         signed = None
         if self._checkpointer is not None:
             try:
