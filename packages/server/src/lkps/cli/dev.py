@@ -426,7 +426,7 @@ def decode(token: str = typer.Argument(..., help="A LiveKit token from this dev 
 
 def _livekit_line(livekit: LiveKitProcess | None) -> str:
     if livekit is None:
-        return ""
+        return " (not started by lkps dev: agents and the playground need it running)"
     plan = livekit.plan
     return (
         f"\n                 livekit-server {plan.binary} (pid {livekit.pid}; ICE UDP "

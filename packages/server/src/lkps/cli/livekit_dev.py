@@ -56,8 +56,9 @@ def line_prefix(name: str) -> str:
 PREFIX = line_prefix("livekit")
 LKPS_PREFIX = line_prefix("lkps")  # LKPS's own log lines while it runs livekit-server
 HOW_TO_GET_ONE = (
-    "no livekit-server found (LKPS_LIVEKIT_SERVER_BIN, PATH, ./.cache/livekit/bin): "
-    "build one with `scripts/livekit-server` (needs Go), or run `lkps dev --no-livekit`"
+    "no livekit-server found (LKPS_LIVEKIT_SERVER_BIN, PATH, ./.cache/livekit/bin), and "
+    "agents and the playground need one: build it once with `scripts/livekit-server` "
+    "(Go >= 1.26, online, about 3 minutes), or run `lkps dev --no-livekit` beside your own"
 )
 STOP_TIMEOUT = 10.0
 # What livekit-server would read as configuration from the environment, overriding ours.
