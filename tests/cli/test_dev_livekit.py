@@ -143,6 +143,7 @@ def test_dev_runs_a_livekit_server_wired_to_lkps_and_ctrl_c_stops_both(tmp_path:
     assert "livekit | " in output and "starting LiveKit server" in output
     assert "livekit | livekit-server exited with status 0" in output
     assert HOW_TO_GET_ONE not in output
+    assert "not started by lkps dev" not in output
     # LKPS's own lines are named too, aligned with livekit-server's, and still JSON.
     assert len(LKPS_PREFIX) == len(PREFIX)
     records = lkps_records(output, LKPS_PREFIX)
@@ -169,6 +170,7 @@ def test_dev_without_a_binary_says_how_to_get_one_and_serves(tmp_path: Path) -> 
     assert output.count(HOW_TO_GET_ONE) == 1
     assert "ws://127.0.0.1:7880" in output
     assert "livekit | " not in output
+    assert "(not started by lkps dev: agents and the playground need it running)" in output
     # LKPS alone in its terminal: bare JSON lines, as `lkps serve` writes them.
     assert lkps_records(output, "")
 
