@@ -27,6 +27,7 @@ from tests.realserver.conftest import find_binary
 T = TypeVar("T")
 LIVEKIT_LINE = re.compile(r"^  LiveKit +(ws://127\.0\.0\.1:(\d+)) ", re.MULTILINE)
 READY_TIMEOUT = 120.0  # lkps and livekit-server starting together on a busy 2-core machine
+AGENT_JOIN_TIMEOUT = 300.0
 
 
 @dataclass
@@ -39,12 +40,13 @@ class DevStack:
     env: dict[str, str]
     workdir: Path
 
-    def agent(self, *args: str, **env: str) -> ManagedProcess:
-        """`lkps dev agent ARGS --url <this instance>` (not started), its log beside ours.
-        The agent reports a fixed low load: a busy shared machine would otherwise make
-        livekit-server stop dispatching to it."""
+    def agent(self, *args: str, log_name: str = "dev-agent", **env: str) -> ManagedProcess:
+        """`lkps dev agent ARGS --url <this instance>` (not started), its log beside ours
+        (`<log_name>.log`: one per agent when tests share the stack). The agent reports a
+        fixed low load: a busy shared machine would otherwise make livekit-server stop
+        dispatching to it."""
         return ManagedProcess(
-            "dev-agent",
+            log_name,
             [*LKPS, "dev", "agent", *args, "--url", self.url],
             env={**self.env, "AGENT_FIXED_LOAD": "0.1", **env},
             workdir=self.workdir,
@@ -58,7 +60,13 @@ def dev_stack(workdir: Path, **env: str) -> Iterator[DevStack]:
     binary = find_binary()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    environment = clean_environment(LKPS_LIVEKIT_SERVER_BIN=str(binary), **env)
+    # An agent's first job waits for a process of its own to start, which on a busy 2-core
+    # machine can outlast the 10 s after which LKPS re-dispatches: two agents would join.
+    environment = clean_environment(
+        LKPS_LIVEKIT_SERVER_BIN=str(binary),
+        LKPS_AGENT_JOIN_TIMEOUT_SECONDS=str(AGENT_JOIN_TIMEOUT),
+        **env,
+    )
     process = ManagedProcess(
         "lkps-dev",
         [*LKPS, "dev", "--port", str(port), "--livekit-port", "0"],

@@ -222,6 +222,8 @@ def test_the_banner_commands_work_as_printed_on_another_port(tmp_path: Path) -> 
         assert banner.count("uv run") == banner.count("python3 -m uv run") >= 4
         [agent] = [line for line in banner.splitlines() if "examples/agent/agent.py" in line]
         assert f"python3 -m uv run lkps dev agent --url {base} " in agent
+        # The default connection is direct, where the registration helper below counts.
+        assert f"  agents         direct (present {ttl} s after" in banner
 
         # The registration helper it names holds the agent present (while the "Try it"
         # commands run, however slowly, and past the TTL), and takes it away on SIGTERM

@@ -15,7 +15,7 @@ import pytest
 from livekit import api
 
 from lkps.cli.dev import DEV_AGENT_ID, DEV_LIVEKIT_KEY, DEV_LIVEKIT_SECRET
-from lkps.cli.livekit_dev import HOW_TO_GET_ONE
+from lkps.cli.livekit_dev import HOW_TO_GET_ONE, LKPS_PREFIX, PREFIX
 from tests.processes import (
     answers_200,
     clean_environment,
@@ -143,6 +143,20 @@ def test_dev_runs_a_livekit_server_wired_to_lkps_and_ctrl_c_stops_both(tmp_path:
     assert "livekit | " in output and "starting LiveKit server" in output
     assert "livekit | livekit-server exited with status 0" in output
     assert HOW_TO_GET_ONE not in output
+    assert "not started by lkps dev" not in output
+    # LKPS's own lines are named too, aligned with livekit-server's, and still JSON.
+    assert len(LKPS_PREFIX) == len(PREFIX)
+    records = lkps_records(output, LKPS_PREFIX)
+    assert "Application startup complete." in [record["message"] for record in records]
+
+
+def lkps_records(output: str, prefix: str) -> list[dict[str, object]]:
+    """LKPS's log records in `output`: every line that carries one starts with `prefix`
+    and the rest of it is one JSON object."""
+    lines = [line for line in output.splitlines() if '"logger": ' in line]
+    assert lines, output
+    assert all(line.startswith(prefix + "{") for line in lines), lines
+    return [json.loads(line.removeprefix(prefix)) for line in lines]
 
 
 def test_dev_without_a_binary_says_how_to_get_one_and_serves(tmp_path: Path) -> None:
@@ -156,6 +170,9 @@ def test_dev_without_a_binary_says_how_to_get_one_and_serves(tmp_path: Path) -> 
     assert output.count(HOW_TO_GET_ONE) == 1
     assert "ws://127.0.0.1:7880" in output
     assert "livekit | " not in output
+    assert "(not started by lkps dev: agents and the playground need it running)" in output
+    # LKPS alone in its terminal: bare JSON lines, as `lkps serve` writes them.
+    assert lkps_records(output, "")
 
 
 def test_dev_no_livekit_keeps_todays_behaviour(tmp_path: Path) -> None:

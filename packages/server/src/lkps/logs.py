@@ -29,6 +29,14 @@ _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines in a message or a traceback are
+    escaped), behind `prefix`: `lkps dev` names its lines `lkps    | ` beside
+    livekit-server's `livekit | `, while `lkps serve` keeps bare JSON for log shippers."""
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__()
+        self._prefix = prefix
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -44,12 +52,12 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(line)
+        return self._prefix + _ENCODER.encode(line)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", *, prefix: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(prefix))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -23,6 +23,7 @@ import typer
 from lkps.cli.common import fail, load_settings, uvicorn_options
 from lkps.cli.livekit_dev import (
     DEFAULT_HTTP_PORT,
+    LKPS_PREFIX,
     PREFIX,
     LiveKitPlan,
     LiveKitProcess,
@@ -167,7 +168,8 @@ def dev(
         fail(f"cannot serve: {exc}")
     idp = identity_provider(state_dir)
     idp_app = Starlette(routes=[Mount(DEV_JWKS_PATH, idp.asgi_app())])
-    configure_logging(settings.log_level)
+    # Two processes in one terminal: each line says whose it is. Alone, bare JSON as `serve`.
+    configure_logging(settings.log_level, prefix=LKPS_PREFIX if livekit else "")
     # `livekit-server --dev` signs with a 6-byte secret; PyJWT warns about it on each token.
     warnings.filterwarnings("ignore", message="The HMAC key is")
     application = create_app(
@@ -424,11 +426,23 @@ def decode(token: str = typer.Argument(..., help="A LiveKit token from this dev 
 
 def _livekit_line(livekit: LiveKitProcess | None) -> str:
     if livekit is None:
-        return ""
+        return " (not started by lkps dev: agents and the playground need it running)"
     plan = livekit.plan
     return (
         f"\n                 livekit-server {plan.binary} (pid {livekit.pid}; ICE UDP "
-        f'127.0.0.1:{plan.udp_port}; webhooks to LKPS; its output: lines "{PREFIX.strip()}")'
+        f'127.0.0.1:{plan.udp_port}; webhooks to LKPS; lines "{PREFIX.strip()}", '
+        f'LKPS\'s "{LKPS_PREFIX.strip()}")'
+    )
+
+
+def _agents_line(settings: Settings) -> str:
+    """How agents' workers connect, and so what keeps an agent present (the tour's
+    `lkps dev register` only counts in direct mode)."""
+    if settings.agent_connection == "gateway":
+        return "gateway (workers connect through LKPS's /agent; present while one is connected)"
+    return (
+        f"direct (present {settings.presence_ttl} s after a register or heartbeat; "
+        "LKPS_AGENT_CONNECTION=gateway: through LKPS)"
     )
 
 
@@ -452,6 +466,7 @@ LKPS dev instance (LKPS_ENV=dev; development identity provider)
   dev JWKS       {settings.jwks_url}
   browser CORS   {", ".join(settings.cors_allow_origins)}
   LiveKit        {settings.livekit_url} (API key {settings.livekit_api_key}){_livekit_line(livekit)}
+  agents         {_agents_line(settings)}
   database       {settings.database_url}
   allow-list     {settings.authz_file}  (client {DEV_CLIENT_ID} -> agent {DEV_AGENT_ID})
   token endpoint {base}{DEV_JWKS_PATH}/{DEV_TENANT_ID}/oauth2/v2.0/token
@@ -464,7 +479,17 @@ Try it (another terminal, same folder):
   USER_TOKEN=$({RUN} lkps dev token --user alice{state})
   curl -s -X POST {base}/api/session/start -H "Authorization: Bearer $USER_TOKEN" \\
        -H 'Content-Type: application/json' -d '{{"agent_entra_app_id": "{DEV_AGENT_ID}"}}'
-A registration lapses {settings.presence_ttl} s after the last register or heartbeat; to keep
-the agent present without running one (heartbeats until Ctrl-C):
-  {RUN} lkps dev register --agent {DEV_AGENT_ID} --url {base}{state}
+{_keep_present(settings, f"{RUN} lkps dev register --agent {DEV_AGENT_ID} --url {base}{state}")}
 """
+
+
+def _keep_present(settings: Settings, register: str) -> str:
+    """The banner's last lines: what keeps the tour's agent present in this mode."""
+    if settings.agent_connection == "gateway":
+        return (
+            "Through the gateway, only a connected worker makes an agent present: run the\n"
+            "example agent (above) before starting a session."
+        )
+    return f"""A registration lapses {settings.presence_ttl} s after the last register or heartbeat; to keep
+the agent present without running one (heartbeats until Ctrl-C):
+  {register}"""

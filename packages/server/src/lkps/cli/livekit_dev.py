@@ -15,7 +15,8 @@ generated config:
 - the signalling port 7880 and the UDP port 7882 (as `livekit-server --dev`) when they
   are free, other free ports when they are taken (`--livekit-port 0`: free ones always).
 
-Its output goes to the same terminal, each line prefixed `livekit | `; it runs in a
+Its output goes to the same terminal, each line prefixed `livekit | ` (LKPS's own log
+lines then `lkps    | `); it runs in a
 process group of its own (the terminal's Ctrl-C reaches LKPS, which stops it after
 uvicorn has stopped), and on Linux it is also told to stop if `lkps dev` dies outright.
 """
@@ -44,10 +45,20 @@ DEFAULT_HTTP_PORT = 7880  # `livekit-server --dev`'s signalling port
 DEFAULT_UDP_PORT = 7882  # and its ICE UDP port
 LOOPBACK = "127.0.0.1"
 WEBHOOK_PATH = "/api/livekit/webhook"
-PREFIX = "livekit | "
+
+
+def line_prefix(name: str) -> str:
+    """What each line of one process's output starts with in `lkps dev`'s terminal: its
+    name, padded so that LKPS's lines and livekit-server's line up."""
+    return f"{name:<7} | "
+
+
+PREFIX = line_prefix("livekit")
+LKPS_PREFIX = line_prefix("lkps")  # LKPS's own log lines while it runs livekit-server
 HOW_TO_GET_ONE = (
-    "no livekit-server found (LKPS_LIVEKIT_SERVER_BIN, PATH, ./.cache/livekit/bin): "
-    "build one with `scripts/livekit-server` (needs Go), or run `lkps dev --no-livekit`"
+    "no livekit-server found (LKPS_LIVEKIT_SERVER_BIN, PATH, ./.cache/livekit/bin), and "
+    "agents and the playground need one: build it once with `scripts/livekit-server` "
+    "(Go >= 1.26, online, about 3 minutes), or run `lkps dev --no-livekit` beside your own"
 )
 STOP_TIMEOUT = 10.0
 # What livekit-server would read as configuration from the environment, overriding ours.
