@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, delete, exists, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lkps.agents.presence import AgentFacts, ConnectedWorker
@@ -224,6 +224,17 @@ async def end_connections_of(session: AsyncSession, registration_ids: Sequence[s
         await session.execute(
             delete(Connection).where(Connection.registration_id.in_(list(registration_ids)))
         )
+
+
+async def present_agents(session: AsyncSession, now: datetime) -> int:
+    """How many agents are present by the gateway's rule: one of their connections is
+    registered with LiveKit on a replica whose lease is alive (`lkps_agents_present`)."""
+    count = await session.execute(
+        select(func.count(func.distinct(Connection.agent_id)))
+        .join(GatewayReplicaRow, GatewayReplicaRow.replica_id == Connection.replica_id)
+        .where(Connection.registered.is_(True), GatewayReplicaRow.lease_expires_at > now)
+    )
+    return int(count.scalar_one())
 
 
 async def live_workers(db: Database, now: datetime) -> list[ConnectedWorker]:
