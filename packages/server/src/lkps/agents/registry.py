@@ -211,7 +211,10 @@ class AgentRegistry:
     async def claim_expired(
         self, limit: int = 500, *, session: AsyncSession | None = None
     ) -> list[tuple[str, str]]:
-        """End the registrations whose presence lapsed; in `session` when given, as
-        `register`. (registration, agent) pairs."""
+        """End the registrations whose presence lapsed, and forget their live worker
+        connections (as `deregister`); in `session` when given, as `register`.
+        (registration, agent) pairs."""
         async with self._db.session(within=session) as session:
-            return await queries.claim_expired(session, now=self._clock.now(), limit=limit)
+            expired = await queries.claim_expired(session, now=self._clock.now(), limit=limit)
+            await connections.end_connections_of(session, [rid for rid, _ in expired])
+        return expired
