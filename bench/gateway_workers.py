@@ -14,7 +14,9 @@ What it does (a fresh PostgreSQL database and an Entra double as bench/run.py se
    and PostgreSQL. --agents (50) agents register --workers (1,000) workers in all
    (`POST /api/agent/register` with each agent's app-only token), each getting its own
    gateway credential (lkps/gateway/credentials.py).
-3. Baseline: session starts at --rate (bench/paced.py, open loop) with no worker connected.
+3. Baseline: session starts at --rate (bench/paced.py, open loop) with one worker of the
+   paced agent connected (bench/gateway_worker.KeptWorker: in gateway mode LKPS grants a
+   session only while the agent has a connected worker) and none of the others.
 4. Every worker opens a WebSocket to LKPS's `/agent` with `Authorization: Bearer
    <credential>` and sends a protobuf `RegisterWorkerRequest`; LKPS relays it to the
    double over a connection of its own. LKPS's resident memory before and after: memory
@@ -32,9 +34,9 @@ What it does (a fresh PostgreSQL database and an Entra double as bench/run.py se
    driver and the whole machine: the machine may be shared, and its load moves latency.
 
 Prints the figures as JSON and one summary line per figure; writes them to
-bench/out/gateway-workers/<timestamp>/results.json with the processes' logs. When the
-gateway starts writing status updates to the store (presence and capacity), run it again
-as it is: the CPU per message and the mixed phase's latency then include those writes.
+bench/out/gateway-workers/<timestamp>/results.json with the processes' logs. Status
+updates are written to the store as presence and capacity need them (lkps.gateway.live:
+coalesced), so the CPU per message and the latencies include those writes.
 """
 
 from __future__ import annotations
@@ -52,37 +54,35 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
-from livekit.protocol import agent as proto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procs
+from gateway_worker import Counts, KeptWorker, Worker
 from run import (
     AUDIENCE,
     BENCH,
+    LIVEKIT_KEY,
     ROOT,
     TOKEN_LIFETIME,
     Identities,
     bench_database,
     ensure_postgres,
-    free_port,
     lkps_uvicorn,
     make_identities,
     say,
+    start_livekit_double,
     wait_ready,
 )
 
 from lkps_testkit import EntraDouble, ServerThread
-
-LIVEKIT_KEY = "APIbench"
-
 
 # --- Set-up ---------------------------------------------------------------------
 
@@ -114,134 +114,7 @@ def make_cast(entra: EntraDouble, entra_url: str, out: Path, agents: int) -> Cas
     return Cast(ids, tokens, ids.tokens_file.read_text().split())
 
 
-def start_livekit_double(children: procs.Children, secret: str) -> tuple[str, int]:
-    """The double as a process of its own (not a thread here: the 1,000 workers' loop
-    must not share a GIL with it). Returns its ws:// URL and its pid."""
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "lkps_testkit.livekit", "--host", "127.0.0.1",
-        "--port", str(port), "--api-key", LIVEKIT_KEY, "--api-secret", secret,
-        "--keep-workers-on-token-expiry", "--log-level", "WARNING",
-    ]  # fmt: skip
-    proc = children.start("livekit-double", argv, cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the LiveKit double exited: see livekit-double.log")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return f"ws://127.0.0.1:{port}", proc.pid
-        time.sleep(0.2)
-    raise RuntimeError("the LiveKit double did not answer within 60 s")
-
-
-# --- The workers ----------------------------------------------------------------
-
-
-@dataclass
-class Counts:
-    sent: Counter[str] = field(default_factory=Counter)  # worker -> LKPS, by kind
-    received: Counter[str] = field(default_factory=Counter)  # LKPS -> worker, by kind
-    closed: Counter[str] = field(default_factory=Counter)
-    dispatch_s: list[float] = field(default_factory=list)  # join -> assignment at a worker
-
-    def total_sent(self) -> int:
-        return sum(self.sent.values())
-
-
-class Worker:
-    """One fake livekit-agents worker: registers, reports its status, takes jobs."""
-
-    def __init__(self, agent_id: str, credential: str, gateway: str, bench: Bench) -> None:
-        self.agent_id = agent_id
-        self.credential = credential
-        self.url = gateway.rstrip("/") + "/agent"
-        self.bench = bench
-        self.socket: aiohttp.ClientWebSocketResponse | None = None
-        self.registered = asyncio.Event()
-        self.jobs = 0
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def connect(self, session: aiohttp.ClientSession) -> None:
-        self.socket = await session.ws_connect(
-            self.url,
-            headers={"Authorization": f"Bearer {self.credential}"},
-            autoping=True,
-            heartbeat=None,
-        )
-        register = proto.WorkerMessage()
-        register.register.type = proto.JT_ROOM
-        register.register.agent_name = self.agent_id
-        register.register.version = "bench"
-        await self.send(register)
-        self._spawn(self._receive())
-        await asyncio.wait_for(self.registered.wait(), 30)
-
-    async def send(self, message: proto.WorkerMessage) -> None:
-        assert self.socket is not None
-        kind = message.WhichOneof("message") or "?"
-        self.bench.counts.sent[kind] += 1
-        await self.socket.send_bytes(message.SerializeToString())
-
-    async def status(self) -> None:
-        update = proto.WorkerMessage()
-        update.update_worker.status = proto.WS_AVAILABLE
-        update.update_worker.load = min(0.1 * self.jobs, 1.0)
-        update.update_worker.job_count = self.jobs
-        await self.send(update)
-
-    async def _receive(self) -> None:
-        assert self.socket is not None
-        async for frame in self.socket:
-            if frame.type != aiohttp.WSMsgType.BINARY:
-                continue
-            message = proto.ServerMessage()
-            message.ParseFromString(frame.data)
-            kind = message.WhichOneof("message") or "?"
-            self.bench.counts.received[kind] += 1
-            if kind == "register":
-                self.registered.set()
-            elif kind == "availability":
-                await self._available(message.availability)
-            elif kind == "assignment":
-                self._spawn(self._run_job(message.assignment))
-        self.bench.counts.closed[str(self.socket.close_code)] += 1
-
-    async def _available(self, request: proto.AvailabilityRequest) -> None:
-        answer = proto.WorkerMessage()
-        answer.availability.job_id = request.job.id
-        answer.availability.available = True
-        answer.availability.participant_identity = f"agent-{request.job.id}"
-        await self.send(answer)
-
-    async def _run_job(self, assignment: proto.JobAssignment) -> None:
-        joined = self.bench.joined_at.pop(assignment.job.room.name, None)
-        if joined is not None:
-            self.bench.counts.dispatch_s.append(time.monotonic() - joined)
-        self.jobs += 1
-        try:
-            for status, pause in (
-                (proto.JS_RUNNING, self.bench.job_seconds),
-                (proto.JS_SUCCESS, 0.0),
-            ):
-                update = proto.WorkerMessage()
-                update.update_job.job_id = assignment.job.id
-                update.update_job.status = status
-                await self.send(update)
-                await asyncio.sleep(pause)
-        finally:
-            self.jobs -= 1
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def close(self) -> None:
-        if self.socket is not None:
-            await self.socket.close()
-        for task in list(self.tasks):
-            task.cancel()
+# --- The workers (bench/gateway_worker.py) -------------------------------------
 
 
 class Bench:
@@ -381,6 +254,20 @@ class Bench:
 # --- Measuring ------------------------------------------------------------------
 
 
+def keep_paced_agent(lkps_url: str, cast: Cast) -> KeptWorker:
+    """One worker of the paced agent, connected before the baseline and kept to the end:
+    without it the baseline's session starts would all be 404 (not connected)."""
+    response = httpx.post(
+        f"{lkps_url}/api/agent/register",
+        headers={"Authorization": f"Bearer {cast.agents[cast.ids.agent_id]}"},
+        json={"enforce_client_authz": True, "version": "bench"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    body = response.json()
+    return KeptWorker(cast.ids.agent_id, lambda: (body["token"], body["gateway_url"])).start()
+
+
 def lkps_pids(root: int) -> list[int]:
     """`lkps serve` and its uvicorn workers (not multiprocessing's resource tracker)."""
     return [
@@ -442,7 +329,7 @@ async def measure(
     result: dict[str, Any] = {"lkps_processes": len(pids)}
 
     say(
-        f"baseline: session starts at {args.rate:g}/s, no worker connected ({args.baseline_seconds:g} s)"
+        f"baseline: session starts at {args.rate:g}/s, one worker connected ({args.baseline_seconds:g} s)"
     )
     shares = Shares(groups)
     result["baseline"] = {
@@ -555,7 +442,7 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"{status['idle_lkps_cpu_cores']} cores) at {status['messages_per_s']} messages/s",
         f"memory per connected worker: {connect['rss_per_worker_kb']} kB "
         f"(LKPS RSS {connect['rss_before_mb']} → {connect['rss_after_mb']} MB)",
-        f"session start, no workers: {starts('baseline')}",
+        f"session start, one worker: {starts('baseline')}",
         f"session start, {connect['workers']} workers reporting status: {starts('starts')}",
         f"session start, {connect['workers']} workers + jobs: {starts('mixed')}",
         f"jobs dispatched through the gateway: {jobs['jobs_dispatched']}, join → assignment "
@@ -602,13 +489,15 @@ def main() -> int:
                 "LKPS_LIVEKIT_API_KEY": LIVEKIT_KEY,
                 "LKPS_LIVEKIT_API_SECRET": secret,
                 "LKPS_AGENT_CONNECTION": "gateway",
-                # Presence still comes from registrations (until it follows the gateway
-                # connection): registered once, present for the whole run.
+                # The workers never heartbeat: their registrations must outlive the run
+                # (a lapsed registration's socket is closed).
                 "LKPS_PRESENCE_TTL": "3600",
                 "LKPS_RATE_LIMIT_REGISTER_PER_AGENT": "100000",
             }
             server = children.start(spec.name, spec.argv, env=spec.env, cwd=ROOT)
             wait_ready(spec, server)
+            kept = keep_paced_agent(spec.url, cast)
+            stack.callback(kept.stop)
             bench = Bench(args, spec.url, "http" + livekit_url.removeprefix("ws"))
             say(f"registering {args.workers} workers of {args.agents} agents")
             asyncio.run(bench.register(cast))
