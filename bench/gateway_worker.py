@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import time
 from collections import Counter
@@ -51,16 +52,27 @@ class LoneHost:
 
 class Worker:
     """One fake livekit-agents worker: registers, reports its status, takes jobs. Its
-    load is `base_load` plus 0.1 per running job."""
+    load is `base_load` plus 0.1 per running job; with `wander`, `base_load` moves at
+    each report like a busy host's CPU (livekit-agents' default load): a random walk
+    around 0.4, now and then crossing the 0.7 target, as tests/unit/gateway/test_live.py
+    models it."""
 
     def __init__(
-        self, agent_id: str, credential: str, gateway: str, host: Host, *, base_load: float = 0.0
+        self,
+        agent_id: str,
+        credential: str,
+        gateway: str,
+        host: Host,
+        *,
+        base_load: float = 0.0,
+        wander: random.Random | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.credential = credential
         self.url = gateway.rstrip("/") + "/agent"
         self.host = host
         self.base_load = base_load
+        self.wander = wander
         self.socket: aiohttp.ClientWebSocketResponse | None = None
         self.registered = asyncio.Event()
         self.jobs = 0
@@ -88,6 +100,9 @@ class Worker:
         await self.socket.send_bytes(message.SerializeToString())
 
     async def status(self) -> None:
+        if self.wander is not None:
+            step = self.wander.gauss(0, 0.04) + (0.4 - self.base_load) * 0.05
+            self.base_load = min(1.0, max(0.0, self.base_load + step))
         update = proto.WorkerMessage()
         update.update_worker.status = proto.WS_AVAILABLE
         update.update_worker.load = min(self.base_load + 0.1 * self.jobs, 1.0)

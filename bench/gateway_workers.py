@@ -23,7 +23,10 @@ What it does (a fresh PostgreSQL database and an Entra double as bench/run.py se
    per connected worker. Then --idle-seconds with the workers silent (the floor).
 5. Status: every worker sends `UpdateWorkerStatus` every --status-interval (5 s) seconds,
    phases spread, for --status-seconds: LKPS's CPU (all its processes, from /proc) per
-   worker message.
+   worker message, and the `worker_connections` rows it wrote meanwhile (PostgreSQL's
+   statistics). The load reported wanders like a busy host's CPU (livekit-agents'
+   default), so that LKPS writes what its coalescing lets through; --fixed-load: 0.1 per
+   running job and nothing else (then almost nothing is written).
 6. Starts, for --phase-seconds: the status updates go on, session starts at --rate
    (paced.py: latency p50/p99 beside the baseline's).
 7. Mixed, for --phase-seconds: the same, plus job traffic: --job-rate session starts a
@@ -60,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,6 +74,10 @@ from run import (
     AUDIENCE,
     BENCH,
     LIVEKIT_KEY,
+    PG_HOST,
+    PG_PASSWORD,
+    PG_PORT,
+    PG_USER,
     ROOT,
     TOKEN_LIFETIME,
     Identities,
@@ -148,7 +156,15 @@ class Bench:
             body = response.json()
             if body.get("agent_connection") != "gateway":
                 raise RuntimeError(f"LKPS is not in gateway mode: {body.get('agent_connection')}")
-            return Worker(agent_id, body["token"], body["gateway_url"], self)
+            wander = None if self.args.fixed_load else random.Random(i)
+            return Worker(
+                agent_id,
+                body["token"],
+                body["gateway_url"],
+                self,
+                base_load=0.0 if self.args.fixed_load else 0.4,
+                wander=wander,
+            )
 
         async with httpx.AsyncClient(timeout=30) as client:
             self.workers = list(
@@ -316,8 +332,25 @@ class Shares:
         return procs.CpuSample(self.groups).shares_since(self.before)
 
 
+async def connection_writes(database: str) -> int:
+    """Rows of `worker_connections` inserted or updated so far (PostgreSQL's statistics):
+    the presence and capacity writes that status updates cost."""
+    connection = await asyncpg.connect(
+        f"postgresql://{PG_USER}:{PG_PASSWORD}@{PG_HOST}:{PG_PORT}/{database}", timeout=10
+    )
+    try:
+        value = await connection.fetchval(
+            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables"
+            " WHERE relname = 'worker_connections'"
+        )
+    finally:
+        await connection.close()
+    return int(value or 0)
+
+
 async def measure(
     args: argparse.Namespace,
+    database: str,
     spec_port: int,
     lkps_root: int,
     double_pid: int,
@@ -366,11 +399,14 @@ async def measure(
         stop = asyncio.Event()
         reporter = asyncio.create_task(bench.report_status(stop))
         await asyncio.sleep(min(args.status_interval, args.status_seconds / 4))  # into step
+        writes0 = await connection_writes(database)
         sent0, cpu0, t0 = bench.counts.total_sent(), cpu_s(pids), time.monotonic()
         shares = Shares(groups)
         await asyncio.sleep(args.status_seconds)
         sent, cpu = bench.counts.total_sent() - sent0, cpu_s(pids) - cpu0
         wall = time.monotonic() - t0
+        await asyncio.sleep(1.5)  # PostgreSQL's statistics lag by up to a second
+        writes = await connection_writes(database) - writes0
         net = cpu - idle_cores * wall
         result["status"] = {
             "worker_messages": sent,
@@ -378,6 +414,8 @@ async def measure(
             "idle_lkps_cpu_cores": round(idle_cores, 3),
             "cpu_us_per_message": round(cpu / sent * 1e6, 1) if sent else None,
             "cpu_us_per_message_above_idle": round(net / sent * 1e6, 1) if sent else None,
+            "store_writes": writes,
+            "store_writes_per_message": round(writes / sent, 4) if sent else None,
             "cpu_cores": shares.done(),
         }
         say(f"status: {json.dumps(result['status'])}")
@@ -439,7 +477,8 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"(failed: {connect['failed'] or 'none'})",
         f"CPU per worker message: {status['cpu_us_per_message']} µs "
         f"({status['cpu_us_per_message_above_idle']} µs above the connected-idle floor of "
-        f"{status['idle_lkps_cpu_cores']} cores) at {status['messages_per_s']} messages/s",
+        f"{status['idle_lkps_cpu_cores']} cores) at {status['messages_per_s']} messages/s; "
+        f"store writes {status['store_writes']} ({status['store_writes_per_message']} a message)",
         f"memory per connected worker: {connect['rss_per_worker_kb']} kB "
         f"(LKPS RSS {connect['rss_before_mb']} → {connect['rss_after_mb']} MB)",
         f"session start, one worker: {starts('baseline')}",
@@ -464,6 +503,12 @@ def main() -> int:
     parser.add_argument("--status-seconds", type=float, default=60.0)
     parser.add_argument(
         "--phase-seconds", type=float, default=45.0, help="each session-start phase, workers on"
+    )
+    parser.add_argument(
+        "--fixed-load",
+        action="store_true",
+        help="workers report 0.1 per running job and nothing else (default: a load that "
+        "wanders like a busy host's CPU, as livekit-agents reports by default)",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -507,7 +552,9 @@ def main() -> int:
                 "cpus": len(os.sched_getaffinity(0)),
                 "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
             }
-            result |= asyncio.run(measure(args, spec.port, server.pid, double_pid, cast, bench))
+            result |= asyncio.run(
+                measure(args, database, spec.port, server.pid, double_pid, cast, bench)
+            )
             result["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     finally:
         children.stop_all()
