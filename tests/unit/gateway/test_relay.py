@@ -377,6 +377,26 @@ async def test_an_ended_registration_lets_a_draining_worker_finish_its_jobs() ->
     assert livekit.inbox.get_nowait() == Closed(1000, "worker refused by the LKPS gateway")
 
 
+async def test_a_job_assigned_since_the_last_status_counts_as_running() -> None:
+    """livekit-agents reports every 2.5 s: a registration that ends just after LiveKit
+    assigned a job must not cut the worker that is running it."""
+    rig = _rig()
+    livekit = await _registered(rig)
+    await rig.worker.send(status(0.1))  # no job, by its last report
+    await _received(livekit)
+    await livekit.send(assignment())
+    await _received(rig.worker)
+    rig.recorder.end(ENDED)
+    for _ in range(10):  # the relay sees the end before the worker's next status
+        await asyncio.sleep(0)
+    assert not rig.task.done()
+    await rig.worker.send(status(0.2, jobs=1))
+    held = proto.WorkerMessage.FromString(await _received(livekit))  # type: ignore[arg-type]
+    assert held.update_worker.status == proto.WS_FULL and not rig.task.done()
+    await rig.worker.send(status(0.0, jobs=0))
+    await _refused_with(rig, ENDED)
+
+
 async def test_a_draining_worker_that_leaves_is_not_refused() -> None:
     rig = _rig()
     livekit = await _registered(rig)

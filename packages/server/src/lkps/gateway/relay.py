@@ -15,8 +15,8 @@ gateway (OSS livekit-server leaves it empty, and livekit-agents then uses the UR
 dialled). Everything else passes through as sent, both ways.
 
 A connection whose registration ends (the observer's `ended`: deregistered, or expired)
-is refused the same way, at once when its worker last reported no running job. A worker
-with running jobs is draining (lkps-agent deregisters before livekit-agents waits for its
+is refused the same way, at once when its worker last reported no running job and was
+assigned none since. A worker with running jobs is draining (lkps-agent deregisters before livekit-agents waits for its
 jobs, and a worker that loses its socket reconnects with a credential that no longer
 holds, giving up, jobs and all, after its retries): it keeps its socket until a status
 reports no job, and meanwhile every status it reports reaches LiveKit as `WS_FULL`, so
@@ -95,8 +95,9 @@ def _refused(reason: str) -> _Ended:
 
 @dataclass(slots=True)
 class _Jobs:
-    """The jobs the worker last reported running, and the observer's `ended`: once that
-    is done, the socket closes as soon as they are done."""
+    """The jobs the worker last reported running (and those assigned to it since: its
+    next status counts them), and the observer's `ended`: once that is done, the socket
+    closes as soon as they are done."""
 
     ended: asyncio.Future[str]
     running: int = 0
@@ -230,7 +231,7 @@ class GatewayRelay:
         revoked = self._observer.ended(session)
         jobs = _Jobs(revoked)
         outbound = asyncio.create_task(self._worker_to_livekit(worker, upstream, session, jobs))
-        inbound = asyncio.create_task(self._livekit_to_worker(upstream, worker, session))
+        inbound = asyncio.create_task(self._livekit_to_worker(upstream, worker, session, jobs))
         try:
             waited: set[asyncio.Future[Any]] = {outbound, inbound, revoked}
             done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
@@ -291,7 +292,7 @@ class GatewayRelay:
                 )
 
     async def _livekit_to_worker(
-        self, upstream: RelaySocket, worker: RelaySocket, session: WorkerSession
+        self, upstream: RelaySocket, worker: RelaySocket, session: WorkerSession, jobs: _Jobs
     ) -> _Ended:
         while True:
             frame = await upstream.receive()
@@ -305,9 +306,11 @@ class GatewayRelay:
             except DecodeError:
                 return _Ended(INTERNAL_ERROR, "LiveKit sent an unparseable message")
             kind = message.WhichOneof("message")
-            if kind == "assignment" and not message.assignment.url:
-                message.assignment.url = self._livekit_url
-                frame = message.SerializeToString()
+            if kind == "assignment":
+                jobs.running += 1
+                if not message.assignment.url:
+                    message.assignment.url = self._livekit_url
+                    frame = message.SerializeToString()
             if kind == "register":
                 # Before the worker hears it: once it is registered, LKPS counts it.
                 await self._observer.registered(session, message.register.worker_id)
