@@ -14,14 +14,19 @@ What it does (a fresh PostgreSQL database and an Entra double as bench/run.py se
    and PostgreSQL. --agents (50) agents register --workers (1,000) workers in all
    (`POST /api/agent/register` with each agent's app-only token), each getting its own
    gateway credential (lkps/gateway/credentials.py).
-3. Baseline: session starts at --rate (bench/paced.py, open loop) with no worker connected.
+3. Baseline: session starts at --rate (bench/paced.py, open loop) with one worker of the
+   paced agent connected (bench/gateway_worker.KeptWorker: in gateway mode LKPS grants a
+   session only while the agent has a connected worker) and none of the others.
 4. Every worker opens a WebSocket to LKPS's `/agent` with `Authorization: Bearer
    <credential>` and sends a protobuf `RegisterWorkerRequest`; LKPS relays it to the
    double over a connection of its own. LKPS's resident memory before and after: memory
    per connected worker. Then --idle-seconds with the workers silent (the floor).
 5. Status: every worker sends `UpdateWorkerStatus` every --status-interval (5 s) seconds,
    phases spread, for --status-seconds: LKPS's CPU (all its processes, from /proc) per
-   worker message.
+   worker message, and the `worker_connections` rows it wrote meanwhile (PostgreSQL's
+   statistics). The load reported wanders like a busy host's CPU (livekit-agents'
+   default), so that LKPS writes what its coalescing lets through; --fixed-load: 0.1 per
+   running job and nothing else (then almost nothing is written).
 6. Starts, for --phase-seconds: the status updates go on, session starts at --rate
    (paced.py: latency p50/p99 beside the baseline's).
 7. Mixed, for --phase-seconds: the same, plus job traffic: --job-rate session starts a
@@ -32,9 +37,9 @@ What it does (a fresh PostgreSQL database and an Entra double as bench/run.py se
    driver and the whole machine: the machine may be shared, and its load moves latency.
 
 Prints the figures as JSON and one summary line per figure; writes them to
-bench/out/gateway-workers/<timestamp>/results.json with the processes' logs. When the
-gateway starts writing status updates to the store (presence and capacity), run it again
-as it is: the CPU per message and the mixed phase's latency then include those writes.
+bench/out/gateway-workers/<timestamp>/results.json with the processes' logs. Status
+updates are written to the store as presence and capacity need them (lkps.gateway.live:
+coalesced), so the CPU per message and the latencies include those writes.
 """
 
 from __future__ import annotations
@@ -52,37 +57,40 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import httpx
-from livekit.protocol import agent as proto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procs
+from gateway_worker import Counts, KeptWorker, Worker
 from run import (
     AUDIENCE,
     BENCH,
+    LIVEKIT_KEY,
+    PG_HOST,
+    PG_PASSWORD,
+    PG_PORT,
+    PG_USER,
     ROOT,
     TOKEN_LIFETIME,
     Identities,
     bench_database,
     ensure_postgres,
-    free_port,
     lkps_uvicorn,
     make_identities,
     say,
+    start_livekit_double,
     wait_ready,
 )
 
 from lkps_testkit import EntraDouble, ServerThread
-
-LIVEKIT_KEY = "APIbench"
-
 
 # --- Set-up ---------------------------------------------------------------------
 
@@ -114,134 +122,7 @@ def make_cast(entra: EntraDouble, entra_url: str, out: Path, agents: int) -> Cas
     return Cast(ids, tokens, ids.tokens_file.read_text().split())
 
 
-def start_livekit_double(children: procs.Children, secret: str) -> tuple[str, int]:
-    """The double as a process of its own (not a thread here: the 1,000 workers' loop
-    must not share a GIL with it). Returns its ws:// URL and its pid."""
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "lkps_testkit.livekit", "--host", "127.0.0.1",
-        "--port", str(port), "--api-key", LIVEKIT_KEY, "--api-secret", secret,
-        "--keep-workers-on-token-expiry", "--log-level", "WARNING",
-    ]  # fmt: skip
-    proc = children.start("livekit-double", argv, cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the LiveKit double exited: see livekit-double.log")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return f"ws://127.0.0.1:{port}", proc.pid
-        time.sleep(0.2)
-    raise RuntimeError("the LiveKit double did not answer within 60 s")
-
-
-# --- The workers ----------------------------------------------------------------
-
-
-@dataclass
-class Counts:
-    sent: Counter[str] = field(default_factory=Counter)  # worker -> LKPS, by kind
-    received: Counter[str] = field(default_factory=Counter)  # LKPS -> worker, by kind
-    closed: Counter[str] = field(default_factory=Counter)
-    dispatch_s: list[float] = field(default_factory=list)  # join -> assignment at a worker
-
-    def total_sent(self) -> int:
-        return sum(self.sent.values())
-
-
-class Worker:
-    """One fake livekit-agents worker: registers, reports its status, takes jobs."""
-
-    def __init__(self, agent_id: str, credential: str, gateway: str, bench: Bench) -> None:
-        self.agent_id = agent_id
-        self.credential = credential
-        self.url = gateway.rstrip("/") + "/agent"
-        self.bench = bench
-        self.socket: aiohttp.ClientWebSocketResponse | None = None
-        self.registered = asyncio.Event()
-        self.jobs = 0
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def connect(self, session: aiohttp.ClientSession) -> None:
-        self.socket = await session.ws_connect(
-            self.url,
-            headers={"Authorization": f"Bearer {self.credential}"},
-            autoping=True,
-            heartbeat=None,
-        )
-        register = proto.WorkerMessage()
-        register.register.type = proto.JT_ROOM
-        register.register.agent_name = self.agent_id
-        register.register.version = "bench"
-        await self.send(register)
-        self._spawn(self._receive())
-        await asyncio.wait_for(self.registered.wait(), 30)
-
-    async def send(self, message: proto.WorkerMessage) -> None:
-        assert self.socket is not None
-        kind = message.WhichOneof("message") or "?"
-        self.bench.counts.sent[kind] += 1
-        await self.socket.send_bytes(message.SerializeToString())
-
-    async def status(self) -> None:
-        update = proto.WorkerMessage()
-        update.update_worker.status = proto.WS_AVAILABLE
-        update.update_worker.load = min(0.1 * self.jobs, 1.0)
-        update.update_worker.job_count = self.jobs
-        await self.send(update)
-
-    async def _receive(self) -> None:
-        assert self.socket is not None
-        async for frame in self.socket:
-            if frame.type != aiohttp.WSMsgType.BINARY:
-                continue
-            message = proto.ServerMessage()
-            message.ParseFromString(frame.data)
-            kind = message.WhichOneof("message") or "?"
-            self.bench.counts.received[kind] += 1
-            if kind == "register":
-                self.registered.set()
-            elif kind == "availability":
-                await self._available(message.availability)
-            elif kind == "assignment":
-                self._spawn(self._run_job(message.assignment))
-        self.bench.counts.closed[str(self.socket.close_code)] += 1
-
-    async def _available(self, request: proto.AvailabilityRequest) -> None:
-        answer = proto.WorkerMessage()
-        answer.availability.job_id = request.job.id
-        answer.availability.available = True
-        answer.availability.participant_identity = f"agent-{request.job.id}"
-        await self.send(answer)
-
-    async def _run_job(self, assignment: proto.JobAssignment) -> None:
-        joined = self.bench.joined_at.pop(assignment.job.room.name, None)
-        if joined is not None:
-            self.bench.counts.dispatch_s.append(time.monotonic() - joined)
-        self.jobs += 1
-        try:
-            for status, pause in (
-                (proto.JS_RUNNING, self.bench.job_seconds),
-                (proto.JS_SUCCESS, 0.0),
-            ):
-                update = proto.WorkerMessage()
-                update.update_job.job_id = assignment.job.id
-                update.update_job.status = status
-                await self.send(update)
-                await asyncio.sleep(pause)
-        finally:
-            self.jobs -= 1
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def close(self) -> None:
-        if self.socket is not None:
-            await self.socket.close()
-        for task in list(self.tasks):
-            task.cancel()
+# --- The workers (bench/gateway_worker.py) -------------------------------------
 
 
 class Bench:
@@ -275,7 +156,15 @@ class Bench:
             body = response.json()
             if body.get("agent_connection") != "gateway":
                 raise RuntimeError(f"LKPS is not in gateway mode: {body.get('agent_connection')}")
-            return Worker(agent_id, body["token"], body["gateway_url"], self)
+            wander = None if self.args.fixed_load else random.Random(i)
+            return Worker(
+                agent_id,
+                body["token"],
+                body["gateway_url"],
+                self,
+                base_load=0.0 if self.args.fixed_load else 0.4,
+                wander=wander,
+            )
 
         async with httpx.AsyncClient(timeout=30) as client:
             self.workers = list(
@@ -381,6 +270,20 @@ class Bench:
 # --- Measuring ------------------------------------------------------------------
 
 
+def keep_paced_agent(lkps_url: str, cast: Cast) -> KeptWorker:
+    """One worker of the paced agent, connected before the baseline and kept to the end:
+    without it the baseline's session starts would all be 404 (not connected)."""
+    response = httpx.post(
+        f"{lkps_url}/api/agent/register",
+        headers={"Authorization": f"Bearer {cast.agents[cast.ids.agent_id]}"},
+        json={"enforce_client_authz": True, "version": "bench"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    body = response.json()
+    return KeptWorker(cast.ids.agent_id, lambda: (body["token"], body["gateway_url"])).start()
+
+
 def lkps_pids(root: int) -> list[int]:
     """`lkps serve` and its uvicorn workers (not multiprocessing's resource tracker)."""
     return [
@@ -429,8 +332,25 @@ class Shares:
         return procs.CpuSample(self.groups).shares_since(self.before)
 
 
+async def connection_writes(database: str) -> int:
+    """Rows of `worker_connections` inserted or updated so far (PostgreSQL's statistics):
+    the presence and capacity writes that status updates cost."""
+    connection = await asyncpg.connect(
+        f"postgresql://{PG_USER}:{PG_PASSWORD}@{PG_HOST}:{PG_PORT}/{database}", timeout=10
+    )
+    try:
+        value = await connection.fetchval(
+            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables"
+            " WHERE relname = 'worker_connections'"
+        )
+    finally:
+        await connection.close()
+    return int(value or 0)
+
+
 async def measure(
     args: argparse.Namespace,
+    database: str,
     spec_port: int,
     lkps_root: int,
     double_pid: int,
@@ -442,7 +362,7 @@ async def measure(
     result: dict[str, Any] = {"lkps_processes": len(pids)}
 
     say(
-        f"baseline: session starts at {args.rate:g}/s, no worker connected ({args.baseline_seconds:g} s)"
+        f"baseline: session starts at {args.rate:g}/s, one worker connected ({args.baseline_seconds:g} s)"
     )
     shares = Shares(groups)
     result["baseline"] = {
@@ -479,11 +399,14 @@ async def measure(
         stop = asyncio.Event()
         reporter = asyncio.create_task(bench.report_status(stop))
         await asyncio.sleep(min(args.status_interval, args.status_seconds / 4))  # into step
+        writes0 = await connection_writes(database)
         sent0, cpu0, t0 = bench.counts.total_sent(), cpu_s(pids), time.monotonic()
         shares = Shares(groups)
         await asyncio.sleep(args.status_seconds)
         sent, cpu = bench.counts.total_sent() - sent0, cpu_s(pids) - cpu0
         wall = time.monotonic() - t0
+        await asyncio.sleep(1.5)  # PostgreSQL's statistics lag by up to a second
+        writes = await connection_writes(database) - writes0
         net = cpu - idle_cores * wall
         result["status"] = {
             "worker_messages": sent,
@@ -491,6 +414,8 @@ async def measure(
             "idle_lkps_cpu_cores": round(idle_cores, 3),
             "cpu_us_per_message": round(cpu / sent * 1e6, 1) if sent else None,
             "cpu_us_per_message_above_idle": round(net / sent * 1e6, 1) if sent else None,
+            "store_writes": writes,
+            "store_writes_per_message": round(writes / sent, 4) if sent else None,
             "cpu_cores": shares.done(),
         }
         say(f"status: {json.dumps(result['status'])}")
@@ -552,10 +477,11 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"(failed: {connect['failed'] or 'none'})",
         f"CPU per worker message: {status['cpu_us_per_message']} µs "
         f"({status['cpu_us_per_message_above_idle']} µs above the connected-idle floor of "
-        f"{status['idle_lkps_cpu_cores']} cores) at {status['messages_per_s']} messages/s",
+        f"{status['idle_lkps_cpu_cores']} cores) at {status['messages_per_s']} messages/s; "
+        f"store writes {status['store_writes']} ({status['store_writes_per_message']} a message)",
         f"memory per connected worker: {connect['rss_per_worker_kb']} kB "
         f"(LKPS RSS {connect['rss_before_mb']} → {connect['rss_after_mb']} MB)",
-        f"session start, no workers: {starts('baseline')}",
+        f"session start, one worker: {starts('baseline')}",
         f"session start, {connect['workers']} workers reporting status: {starts('starts')}",
         f"session start, {connect['workers']} workers + jobs: {starts('mixed')}",
         f"jobs dispatched through the gateway: {jobs['jobs_dispatched']}, join → assignment "
@@ -577,6 +503,12 @@ def main() -> int:
     parser.add_argument("--status-seconds", type=float, default=60.0)
     parser.add_argument(
         "--phase-seconds", type=float, default=45.0, help="each session-start phase, workers on"
+    )
+    parser.add_argument(
+        "--fixed-load",
+        action="store_true",
+        help="workers report 0.1 per running job and nothing else (default: a load that "
+        "wanders like a busy host's CPU, as livekit-agents reports by default)",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -602,13 +534,15 @@ def main() -> int:
                 "LKPS_LIVEKIT_API_KEY": LIVEKIT_KEY,
                 "LKPS_LIVEKIT_API_SECRET": secret,
                 "LKPS_AGENT_CONNECTION": "gateway",
-                # Presence still comes from registrations (until it follows the gateway
-                # connection): registered once, present for the whole run.
+                # The workers never heartbeat: their registrations must outlive the run
+                # (a lapsed registration's socket is closed).
                 "LKPS_PRESENCE_TTL": "3600",
                 "LKPS_RATE_LIMIT_REGISTER_PER_AGENT": "100000",
             }
             server = children.start(spec.name, spec.argv, env=spec.env, cwd=ROOT)
             wait_ready(spec, server)
+            kept = keep_paced_agent(spec.url, cast)
+            stack.callback(kept.stop)
             bench = Bench(args, spec.url, "http" + livekit_url.removeprefix("ws"))
             say(f"registering {args.workers} workers of {args.agents} agents")
             asyncio.run(bench.register(cast))
@@ -618,7 +552,9 @@ def main() -> int:
                 "cpus": len(os.sched_getaffinity(0)),
                 "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
             }
-            result |= asyncio.run(measure(args, spec.port, server.pid, double_pid, cast, bench))
+            result |= asyncio.run(
+                measure(args, database, spec.port, server.pid, double_pid, cast, bench)
+            )
             result["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     finally:
         children.stop_all()

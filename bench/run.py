@@ -14,7 +14,13 @@ What it does:
    1,000 user tokens (distinct users of one client app) and one agent app token.
 3. `lkps serve` (LKPS_ENV=np, an allow-list file pre-authorizing the client for the
    agent, LKPS_WORKERS workers), ready at /api/health/ready; the agent registers and a
-   thread keeps it present with heartbeats.
+   thread keeps it present with heartbeats (`LKPS_AGENT_CONNECTION=direct`). With
+   --gateway, LKPS runs in gateway mode in front of the LiveKit double (its own process;
+   the real livekit-server would add a Go server's CPU to a shared 2-core machine and
+   nothing to the session start, which never calls LiveKit), and the agent is present by
+   one worker connected through LKPS's `/agent` reporting load 0.1
+   (bench/gateway_worker.py), so every session start runs the gateway's presence read.
+   A --baseline revision without a gateway is kept present by heartbeats alone.
 4. POST /api/session/start: wrk warm-up, then wrk at full speed (closed loop:
    --connections over --threads, --duration seconds), then bench/paced.py at a fixed
    --rate (open loop, latency from each request's due time).
@@ -62,6 +68,7 @@ import httpx
 import large_store
 import procs
 import profiles
+from gateway_worker import KeptWorker
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -75,6 +82,7 @@ PG_HOST, PG_PORT, PG_USER, PG_PASSWORD = "127.0.0.1", 5432, "lkps", "lkps"
 ADMIN_DSN = f"postgresql://{PG_USER}:{PG_PASSWORD}@{PG_HOST}:{PG_PORT}/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 AUDIENCE = "api://lkps-bench"
+LIVEKIT_KEY = "APIbench"
 TOKEN_LIFETIME = 4 * 3600
 USERS = 1000
 SESSION_PATH = "/api/session/start"
@@ -216,6 +224,8 @@ class Identities:
     tokens_file: Path
     authz_file: Path
     body: str
+    # --gateway: the LiveKit double LKPS's agent gateway relays to (ws:// URL, API secret).
+    livekit_double: tuple[str, str] | None = None
 
 
 def make_identities(entra: EntraDouble, entra_url: str, out: Path) -> Identities:
@@ -254,16 +264,28 @@ def make_identities(entra: EntraDouble, entra_url: str, out: Path) -> Identities
 
 class AgentKeeper:
     """Registers the bench agent and keeps it present (heartbeat every 20 s; presence
-    TTL is 90 s), registering again if LKPS forgot it."""
+    TTL is 90 s), registering again if LKPS forgot it. When LKPS answers in gateway mode
+    the agent is present only with a worker connected: one is kept connected through
+    the gateway (the heartbeats keep its registration, and so its socket, alive)."""
 
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(self, base_url: str, token: str, agent_id: str) -> None:
         self._url = base_url
         self._headers = {"Authorization": f"Bearer {token}"}
+        self._agent_id = agent_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agent-keeper", daemon=True)
-        self.registration_id: str | None = None
+        self.registration: dict[str, Any] = {}
+        self.worker: KeptWorker | None = None
         self.heartbeats = 0
         self.failures = 0
+
+    @property
+    def registration_id(self) -> str | None:
+        return self.registration.get("registration_id")
+
+    @property
+    def presence(self) -> str:
+        return "heartbeats + a worker through the gateway" if self.worker else "heartbeats"
 
     def register(self) -> None:
         response = httpx.post(
@@ -273,7 +295,10 @@ class AgentKeeper:
             timeout=10,
         )
         response.raise_for_status()
-        self.registration_id = response.json()["registration_id"]
+        self.registration = response.json()
+
+    def _credential(self) -> tuple[str, str]:
+        return self.registration["token"], self.registration["gateway_url"]
 
     def _run(self) -> None:
         while not self._stop.wait(20):
@@ -294,10 +319,14 @@ class AgentKeeper:
 
     def __enter__(self) -> AgentKeeper:
         self.register()
+        if self.registration.get("agent_connection") == "gateway":
+            self.worker = KeptWorker(self._agent_id, self._credential, load=0.1).start()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
+        if self.worker is not None:
+            self.worker.stop()
         self._stop.set()
         self._thread.join(timeout=15)
 
@@ -331,6 +360,11 @@ def lkps_env(
 ) -> dict[str, str]:
     metrics_dir = out / f"prometheus-{port}"
     metrics_dir.mkdir()
+    # No LiveKit unless --gateway: a session start never calls it.
+    livekit_url, livekit_secret = ids.livekit_double or (
+        "wss://livekit.bench.invalid",
+        secrets.token_urlsafe(36),
+    )
     env = clean_env() | {
         "LKPS_ENV": "np",
         "LKPS_HOST": "127.0.0.1",
@@ -338,9 +372,9 @@ def lkps_env(
         "LKPS_WORKERS": str(workers),
         "LKPS_LOG_LEVEL": "WARNING",
         "LKPS_DATABASE_URL": sqlalchemy_url(database) + database_query,
-        "LKPS_LIVEKIT_URL": "wss://livekit.bench.invalid",
-        "LKPS_LIVEKIT_API_KEY": "APIbench",
-        "LKPS_LIVEKIT_API_SECRET": secrets.token_urlsafe(36),
+        "LKPS_LIVEKIT_URL": livekit_url,
+        "LKPS_LIVEKIT_API_KEY": LIVEKIT_KEY,
+        "LKPS_LIVEKIT_API_SECRET": livekit_secret,
         "LKPS_ENTRA_TENANT_ID": ids.entra.tenant_id,
         "LKPS_ENTRA_AUDIENCES": AUDIENCE,
         "LKPS_ENTRA_JWKS_URL": ids.jwks_url,
@@ -356,9 +390,9 @@ def lkps_env(
         # from before them ignores both).
         "LKPS_AUDIT_KEY": secrets.token_urlsafe(32),
         "LKPS_AUDIT_SIGNING_KEY": str(signing_key(out)),
-        # The bench agent stays present by heartbeats (direct mode); gateway presence
-        # needs a connected worker (bench/gateway.py drives the gateway itself).
-        "LKPS_AGENT_CONNECTION": "direct",
+        # The bench agent stays present by heartbeats (direct mode), or with --gateway
+        # by a worker connected through the gateway (AgentKeeper).
+        "LKPS_AGENT_CONNECTION": "gateway" if ids.livekit_double else "direct",
     }
     if redis:
         env["LKPS_REDIS_URL"] = REDIS_URL
@@ -489,6 +523,28 @@ def bare_durable_uvicorn(workers: int, database: str) -> ServerSpec:
         "BARE_DATABASE_URL": f"postgresql://{PG_USER}:{PG_PASSWORD}@{PG_HOST}:{PG_PORT}/{database}",
     }
     return ServerSpec("bare-durable-uvicorn", "bare-durable", argv, env, port)
+
+
+def start_livekit_double(children: procs.Children, secret: str) -> tuple[str, int]:
+    """The LiveKit double as a process of its own (not a thread: the benchmark's own
+    loops, 1,000 workers' in bench/gateway_workers.py, must not share a GIL with it).
+    Returns its ws:// URL and its pid."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "lkps_testkit.livekit", "--host", "127.0.0.1",
+        "--port", str(port), "--api-key", LIVEKIT_KEY, "--api-secret", secret,
+        "--keep-workers-on-token-expiry", "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = children.start("livekit-double", argv, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the LiveKit double exited: see livekit-double.log")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return f"ws://127.0.0.1:{port}", proc.pid
+        time.sleep(0.2)
+    raise RuntimeError("the LiveKit double did not answer within 60 s")
 
 
 def wait_ready(spec: ServerSpec, proc: subprocess.Popen[Any], timeout: float = 120) -> None:
@@ -845,7 +901,8 @@ def measure_server(
     try:
         wait_ready(spec, proc)
         if spec.kind == "lkps":
-            keeper = AgentKeeper(spec.url, ctx.ids.agent_token).__enter__()
+            keeper = AgentKeeper(spec.url, ctx.ids.agent_token, ctx.ids.agent_id).__enter__()
+            say(f"   agent present by {keeper.presence}")
         workers = procs.worker_pids(proc.pid)
         ready_memory = {str(pid): procs.memory_kb(pid) for pid in workers}
         say(
@@ -948,8 +1005,11 @@ def measure_server(
         if profiled is not None:
             result["profiled_run"] = profiled
         if keeper is not None:
+            result["agent_presence"] = keeper.presence
             result["agent_heartbeats"] = keeper.heartbeats
             result["agent_keeper_failures"] = keeper.failures
+            if keeper.worker is not None:
+                result["agent_worker_connects"] = keeper.worker.connects
         ctx.results.append(result)
         return result
     finally:
@@ -1157,6 +1217,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="py-spy LKPS at full speed")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
     parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="LKPS in gateway mode before the LiveKit double, the agent present by a worker "
+        "connected through it (a baseline without a gateway: by heartbeats)",
+    )
+    parser.add_argument(
         "--quiet-cores",
         type=float,
         default=0.25,
@@ -1243,6 +1309,10 @@ def main() -> int:
             entra_server = stack.enter_context(ServerThread(entra.asgi_app()))
             ids = make_identities(entra, entra_server.url, out)
             say(f"Entra double at {entra_server.url}; {USERS} user tokens, agent {ids.agent_id}")
+            if args.gateway:
+                secret = secrets.token_urlsafe(36)
+                ids.livekit_double = (start_livekit_double(children, secret)[0], secret)
+                say(f"gateway mode: LiveKit double at {ids.livekit_double[0]}")
             ctx = Context(
                 args,
                 out,
@@ -1336,7 +1406,10 @@ def main() -> int:
         f"LKPS at {info['lkps_commit']}",
         f"settings: {args.workers} workers; wrk -t{args.threads} -c{args.connections} "
         f"-d{args.duration:.0f}s after {args.warmup:.0f} s warm-up; fixed rate {args.rate:.0f} "
-        f"req/s for {args.paced_duration:.0f} s x {args.repeats}",
+        f"req/s for {args.paced_duration:.0f} s x {args.repeats}; agent present by "
+        + ", ".join(
+            f"{r['server']}: {r['agent_presence']}" for r in results if "agent_presence" in r
+        ),
         "",
         table(results, args.rate),
         "",

@@ -22,6 +22,7 @@ import pytest
 from fastapi import FastAPI
 from livekit.protocol import agent
 
+from lkps.agents import AgentRegistry
 from lkps.app import create_app
 from lkps.config import Settings
 from lkps.gateway import WorkerSession, WorkerStatus
@@ -345,3 +346,51 @@ async def test_two_replicas_on_one_store_see_each_others_workers(
             assert b.agents()[AGENT]["workers"] == []
         finally:
             await worker.close()
+
+
+ENDED = "the registration this credential was issued for has ended; register again"
+
+
+@pytest.mark.backends("postgresql")
+async def test_an_ended_registrations_socket_is_closed_wherever_it_is(
+    gateway_settings: Settings, clock: FakeClock, entra: EntraDouble, livekit: LiveKitDouble
+) -> None:
+    """Deregistered on the replica holding the worker's socket: closed at once. Ended
+    on another replica (deregistered there, or expired): closed by the holder's next
+    lease renewal. Each close is 1008 with the reason, audited as a refusal, and ends
+    the relayed LiveKit connection too."""
+    with (
+        serving(gateway_settings, clock, entra, livekit) as a,
+        serving(gateway_settings, clock, entra, livekit) as b,
+    ):
+        here, there, lapsed = a.register(), a.register(), a.register()
+        async with a.worker(here) as w1, a.worker(there) as w2, a.worker(lapsed) as w3:
+            assert len(livekit.workers(AGENT)) == 3
+            a.deregister(here["registration_id"])
+            closed = await w1.wait_closed()
+            assert (closed.data, closed.extra) == (1008, ENDED)
+            assert w2.ws is not None and not w2.ws.closed  # its registration is open
+
+            b.deregister(there["registration_id"])
+            closed = await w2.wait_closed()
+            assert (closed.data, closed.extra) == (1008, ENDED)
+
+            # Expired: claimed by a sweep on some replica (here, the store's own view).
+            clock.advance(gateway_settings.presence_ttl + 1)
+            db = Database.from_url(gateway_settings.database_url, pool_size=1)
+            try:
+                registry = AgentRegistry(
+                    db, clock, presence_ttl=gateway_settings.presence_ttl, default_enforce=True
+                )
+                await registry.claim_expired()  # unless a replica's own sweep came first
+            finally:
+                await db.dispose()
+            closed = await w3.wait_closed()
+            assert (closed.data, closed.extra) == (1008, ENDED)
+
+        refusals = a.audit("agent.worker_refused")
+        assert {(r["registration_id"], r["status"], r["reason"]) for r in refusals} == {
+            (registration["registration_id"], 1008, ENDED) for registration in (here, there, lapsed)
+        }
+        await eventually(lambda: livekit.workers(AGENT) == [], "LiveKit's side closed")
+        assert a.start().status_code == 404

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from lkps.gateway import WorkerSession
+from lkps.gateway.live import LiveConnections
 from lkps_testkit import EntraDouble
 from tests.api.util import running_lkps
 from tests.backends import StoreSql
-from tests.conftest import AGENT, CLIENT_B, FakeClock, Lkps
+from tests.conftest import AGENT, AGENT_2, CLIENT_B, FakeClock, Lkps
 
 pytestmark = pytest.mark.api
 
@@ -119,3 +121,48 @@ async def test_chain_verifications_by_result(lkps: Lkps, store_sql: StoreSql) ->
     )
     assert refused.status_code == 403
     assert (ok.value, broken.value) == (1, 1)
+
+
+async def test_agents_present_in_gateway_mode_counts_live_worker_connections(
+    settings_values: dict[str, Any], clock: FakeClock, entra: EntraDouble
+) -> None:
+    """Gateway mode: an agent is present while one of its workers holds a connection
+    LiveKit registered, on a replica whose lease is alive (what session starts read),
+    whatever its registrations say."""
+    settings = {**settings_values, "agent_connection": "gateway"}
+
+    async def present() -> float:
+        await lkps.services.sweeper.update_gauges()
+        return sample("lkps_agents_present")
+
+    async with running_lkps(settings, clock, entra) as lkps:
+        live = lkps.services.connections
+        assert live is not None
+        first, second = [
+            (await lkps.register(agent)).json()["registration_id"] for agent in (AGENT, AGENT_2)
+        ]
+        assert await present() == 0  # registered, no worker connected
+        assert sample("lkps_agent_registrations_live") == 2
+        worker = WorkerSession(AGENT, first, None)
+        await live.connected(worker)
+        assert await present() == 0  # LiveKit has not answered its register yet
+        await live.registered(worker, "AW_here")
+        assert await present() == 1
+        assert (await lkps.start_session(AGENT)).status_code == 200
+
+        # AGENT_2's worker on a replica that then dies: it counts until its lease lapses.
+        dead = LiveConnections(
+            lkps.services.db, clock, replica_id="dead", target_load=0.7, lease_seconds=6
+        )
+        await dead.start()
+        elsewhere = WorkerSession(AGENT_2, second, None)
+        await dead.connected(elsewhere)
+        await dead.registered(elsewhere, "AW_there")
+        assert await present() == 2
+        clock.advance(7)
+        await live.renew()  # this replica's lease, renewed as its background job does
+        assert await present() == 1
+        assert (await lkps.start_session(AGENT_2)).status_code == 404
+
+        await live.closed(worker)
+        assert await present() == 0

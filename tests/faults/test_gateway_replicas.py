@@ -54,7 +54,13 @@ async def test_a_killed_replicas_workers_stop_counting_within_10_s(
     lkps_env: EnvFactory, database: TestDatabase, entra: EntraDouble, tmp_path: Path
 ) -> None:
     with LiveKitDouble(api_key=LIVEKIT_KEY, api_secret=LIVEKIT_SECRET) as livekit:
-        env = {"LKPS_AGENT_CONNECTION": "gateway", "LKPS_LIVEKIT_URL": livekit.url}
+        # These hand-made workers never heartbeat: their registrations must outlive the
+        # test on a slow machine (a lapsed registration's socket is closed).
+        env = {
+            "LKPS_AGENT_CONNECTION": "gateway",
+            "LKPS_LIVEKIT_URL": livekit.url,
+            "LKPS_PRESENCE_TTL": "3600",
+        }
         envs = {name: lkps_env(database.url, **env) for name in ("r1", "r2", "r3")}
         with replicas(envs, tmp_path) as fleet:
             urls = {name: replica.url for name, replica in fleet.items()}

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from lkps.agents import AgentRegistry
 from lkps.agents.presence import ConnectedWorker
 from lkps.gateway import WorkerSession, WorkerStatus
 from lkps.gateway.live import REFRESH_SECONDS, LiveConnections
+from lkps.gateway.observer import ENDED_REGISTRATION
 from lkps.store import Database
 from lkps.store.connections import live_workers
 from lkps.store.migrate import upgrade_async
@@ -155,3 +157,53 @@ async def test_release_deletes_the_replicas_rows(db: Database, clock: FakeClock)
     await connect(connections)
     await connections.release()
     assert await stored(db, clock) == []
+
+
+async def test_a_renewal_ends_the_connections_of_ended_registrations(
+    db: Database, clock: FakeClock
+) -> None:
+    """A registration ended on another replica (deregistered, or expired): this
+    replica's next renewal ends its connections (the relay closes them), deletes any row
+    they left (a worker admitted just as its registration ended), and never writes those
+    rows again, even when it writes everything it holds anew."""
+    registry = AgentRegistry(db, clock, presence_ttl=90, default_enforce=True, gateway=True)
+    ending, staying = [await registry.register(AGENT) for _ in range(2)]
+    connections = live(db, clock)
+    await connections.start()
+    workers = [WorkerSession(AGENT, r.registration_id, None) for r in (ending, staying)]
+    for worker in workers:
+        await connections.connected(worker)
+        await connections.registered(worker, "AW_" + worker.registration_id[:8])
+    ended = [connections.ended(worker) for worker in workers]
+    await connections.renew()
+    assert not any(future.done() for future in ended)
+
+    await registry.deregister(AGENT, ending.registration_id)  # on another replica
+    late = WorkerSession(AGENT, ending.registration_id, None)  # admitted just before
+    await connections.connected(late)
+    await connections.registered(late, "AW_late")
+    assert len(await stored(db, clock)) == 2  # the late one counts, until the renewal
+    await connections.renew()
+    assert ended[0].result() == ENDED_REGISTRATION
+    assert connections.ended(late).result() == ENDED_REGISTRATION
+    assert not ended[1].done()
+    assert [row.registration_id for row in await stored(db, clock)] == [staying.registration_id]
+
+    # Collected as dead by another replica: it writes what it holds again, but not the
+    # connections whose registration ended (their sockets are closing, or draining).
+    other = LiveConnections(db, clock, replica_id="replica-b", target_load=0.7, lease_seconds=6)
+    clock.advance(120)
+    await other.renew()
+    await connections.renew()
+    assert [row.registration_id for row in await stored(db, clock)] == [staying.registration_id]
+
+
+async def test_ending_is_told_at_once_and_once(db: Database, clock: FakeClock) -> None:
+    connections = live(db, clock)
+    worker = await connect(connections)
+    assert connections.end_registrations(["another-registration"]) == 0
+    assert connections.end_registrations([REGISTRATION]) == 1
+    assert connections.ended(worker).result() == ENDED_REGISTRATION
+    assert connections.end_registrations([REGISTRATION]) == 0  # already ending
+    await connections.closed(worker)
+    assert connections.end_registrations([REGISTRATION]) == 0

@@ -89,6 +89,17 @@ class Recorder:
     async def closed(self, worker: WorkerSession) -> None:
         self.events.append(("closed", worker.agent_id))
 
+    ending: asyncio.Future[str] | None = None
+
+    def ended(self, worker: WorkerSession) -> asyncio.Future[str]:
+        if self.ending is None:
+            self.ending = asyncio.get_running_loop().create_future()
+        return self.ending
+
+    def end(self, reason: str) -> None:
+        """LKPS ends the connection's registration (what LiveConnections does)."""
+        self.ended(SESSION).set_result(reason)
+
 
 @dataclass
 class Rig:
@@ -130,10 +141,13 @@ def register(agent_name: str = AGENT) -> bytes:
     return message.SerializeToString()
 
 
-def status(load: float) -> bytes:
+def status(
+    load: float, jobs: int = 0, worker_status: proto.WorkerStatus = proto.WS_AVAILABLE
+) -> bytes:
     message = proto.WorkerMessage()
-    message.update_worker.status = proto.WS_AVAILABLE
+    message.update_worker.status = worker_status
     message.update_worker.load = load
+    message.update_worker.job_count = jobs
     return message.SerializeToString()
 
 
@@ -311,3 +325,86 @@ async def test_a_worker_that_leaves_before_register_costs_nothing() -> None:
     await rig.worker.close(1000, "")
     await asyncio.wait_for(rig.task, 5)
     assert rig.upstreams.dialled == [] and rig.recorder.refusals == []
+
+
+ENDED = "the registration this credential was issued for has ended; register again"
+
+
+async def _registered(rig: Rig) -> MemorySocket:
+    """The worker registered, and LiveKit answered: LiveKit's end."""
+    await rig.worker.send(register())
+    livekit = await rig.livekit()
+    await _received(livekit)
+    answer = proto.ServerMessage()
+    answer.register.worker_id = "AW_1"
+    await livekit.send(answer.SerializeToString())
+    await _received(rig.worker)
+    return livekit
+
+
+async def test_an_ended_registration_closes_an_idle_worker_at_once() -> None:
+    rig = _rig()
+    livekit = await _registered(rig)
+    await rig.worker.send(status(0.1))
+    await _received(livekit)
+    rig.recorder.end(ENDED)
+    await _refused_with(rig, ENDED)  # 1008 with the reason, audited
+    assert livekit.inbox.get_nowait() == Closed(1000, "worker refused by the LKPS gateway")
+    assert rig.recorder.events[-1] == ("closed", AGENT)
+
+
+async def test_an_ended_registration_lets_a_draining_worker_finish_its_jobs() -> None:
+    """lkps-agent deregisters before livekit-agents waits for its running jobs: the socket
+    stays until a status reports none, and LiveKit hears the worker as full meanwhile."""
+    rig = _rig()
+    livekit = await _registered(rig)
+    await rig.worker.send(status(0.2, jobs=2))
+    await _received(livekit)
+    rig.recorder.end(ENDED)
+    await rig.worker.send(status(0.1, jobs=1))  # not yet draining, by its own report
+    held = proto.WorkerMessage.FromString(await _received(livekit))  # type: ignore[arg-type]
+    assert held.update_worker.status == proto.WS_FULL and held.update_worker.job_count == 1
+    job = proto.WorkerMessage()
+    job.update_job.job_id, job.update_job.status = "AJ_1", proto.JS_SUCCESS
+    await rig.worker.send(job.SerializeToString())
+    assert await _received(livekit) == job.SerializeToString()  # jobs' news still pass
+    await livekit.send(assignment())  # and LiveKit's, both ways
+    await _received(rig.worker)
+    assert not rig.task.done() and rig.recorder.refusals == []
+
+    await rig.worker.send(status(0.0, jobs=0, worker_status=proto.WS_FULL))  # jobs done
+    await _refused_with(rig, ENDED)
+    assert livekit.inbox.get_nowait() == Closed(1000, "worker refused by the LKPS gateway")
+
+
+async def test_a_job_assigned_since_the_last_status_counts_as_running() -> None:
+    """livekit-agents reports every 2.5 s: a registration that ends just after LiveKit
+    assigned a job must not cut the worker that is running it."""
+    rig = _rig()
+    livekit = await _registered(rig)
+    await rig.worker.send(status(0.1))  # no job, by its last report
+    await _received(livekit)
+    await livekit.send(assignment())
+    await _received(rig.worker)
+    rig.recorder.end(ENDED)
+    for _ in range(10):  # the relay sees the end before the worker's next status
+        await asyncio.sleep(0)
+    assert not rig.task.done()
+    await rig.worker.send(status(0.2, jobs=1))
+    held = proto.WorkerMessage.FromString(await _received(livekit))  # type: ignore[arg-type]
+    assert held.update_worker.status == proto.WS_FULL and not rig.task.done()
+    await rig.worker.send(status(0.0, jobs=0))
+    await _refused_with(rig, ENDED)
+
+
+async def test_a_draining_worker_that_leaves_is_not_refused() -> None:
+    rig = _rig()
+    livekit = await _registered(rig)
+    await rig.worker.send(status(0.2, jobs=1))
+    await _received(livekit)
+    rig.recorder.end(ENDED)
+    await asyncio.sleep(0)
+    await rig.worker.close(1000, "worker done")
+    await asyncio.wait_for(rig.task, 5)
+    assert livekit.inbox.get_nowait() == Closed(1000, "worker done")
+    assert rig.recorder.refusals == []

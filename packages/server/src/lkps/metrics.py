@@ -57,7 +57,10 @@ AGENTS_REGISTERED = Gauge(
     "lkps_agents_registered", "Agents that ever registered", multiprocess_mode="max"
 )
 AGENTS_PRESENT = Gauge(
-    "lkps_agents_present", "Agents with at least one live registration", multiprocess_mode="max"
+    "lkps_agents_present",
+    "Agents present, as session starts see them: with a registered worker connection on a"
+    " replica whose lease is alive (gateway mode), or a live registration (direct mode)",
+    multiprocess_mode="max",
 )
 REGISTRATIONS_LIVE = Gauge(
     "lkps_agent_registrations_live",

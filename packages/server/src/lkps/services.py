@@ -238,6 +238,9 @@ async def running_services(
             if gateway_credentials is not None
             else None
         )
+        # Gateway mode: an ended registration's worker sockets close (at once here; the
+        # other replicas' lease renewals find it in the store).
+        registrations_ended = connections.end_registrations if connections is not None else None
         authorizer = ClientAuthorizer(source)
         checkpointer = (
             Checkpointer(audit, CheckpointSigner.from_pem_file(settings.audit_signing_key), clock)
@@ -293,6 +296,7 @@ async def running_services(
                 ),
                 gateway_credentials=gateway_credentials,
                 target_load=settings.livekit_agent_target_load,
+                registrations_ended=registrations_ended,
             ),
             sessions=SessionService(
                 registry,
@@ -305,7 +309,7 @@ async def running_services(
                 participant_token_ttl=settings.participant_token_ttl,
             ),
             authorization=AuthorizationService(overrides, roles),
-            sweeper=PresenceSweeper(registry, audit),
+            sweeper=PresenceSweeper(registry, audit, registrations_ended=registrations_ended),
             lifecycle=lifecycle,
             session_records=SessionRecords(lifecycle, roles),
             webhooks=WebhookVerifier(

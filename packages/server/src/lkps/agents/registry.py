@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -194,8 +195,14 @@ class AgentRegistry:
         return await connections.live_workers(self._db, self._clock.now())
 
     async def counts(self) -> AgentCounts:
+        """`present` by the mode's own rule: a registered worker connection on a live
+        replica (gateway), or a live registration whose worker is connected (direct)."""
+        now = self._clock.now()
         async with self._db.session() as session:
-            return await queries.agent_counts(session, self._clock.now())
+            counts = await queries.agent_counts(session, now)
+            if self._gateway:
+                counts = replace(counts, present=await connections.present_agents(session, now))
+        return counts
 
     async def summaries(self) -> list[AgentSummary]:
         async with self._db.session() as session:
@@ -204,7 +211,10 @@ class AgentRegistry:
     async def claim_expired(
         self, limit: int = 500, *, session: AsyncSession | None = None
     ) -> list[tuple[str, str]]:
-        """End the registrations whose presence lapsed; in `session` when given, as
-        `register`. (registration, agent) pairs."""
+        """End the registrations whose presence lapsed, and forget their live worker
+        connections (as `deregister`); in `session` when given, as `register`.
+        (registration, agent) pairs."""
         async with self._db.session(within=session) as session:
-            return await queries.claim_expired(session, now=self._clock.now(), limit=limit)
+            expired = await queries.claim_expired(session, now=self._clock.now(), limit=limit)
+            await connections.end_connections_of(session, [rid for rid, _ in expired])
+        return expired

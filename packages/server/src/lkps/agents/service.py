@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lkps.agents.presence import AgentSummary, ConnectedWorker, effective_enforcement
 from lkps.agents.registry import AgentRegistry
+from lkps.agents.sweeper import RegistrationsEnded
 from lkps.audit import AuditEvent, AuditScope
 from lkps.authorization.override import AuthorizationOverride
 from lkps.authorization.overrides import AuthorizationOverrides
@@ -104,8 +105,11 @@ class AgentService:
         terms: AgentTerms,
         gateway_credentials: GatewayCredentials | None = None,
         target_load: float = 0.7,
+        registrations_ended: RegistrationsEnded | None = None,
     ) -> None:
         self._registry = registry
+        # Gateway mode: a deregistered worker's socket on this replica closes at once.
+        self._registrations_ended = registrations_ended
         # LKPS_LIVEKIT_AGENT_TARGET_LOAD: whether a connected worker shows as full.
         self.target_load = target_load
         self._overrides = overrides
@@ -194,13 +198,16 @@ class AgentService:
         committed with its audit record, or not at all."""
         audit.set_registration(registration_id)
 
-        async def change(session: AsyncSession) -> None:
+        async def change(session: AsyncSession) -> list[str]:
             ended = await self._registry.deregister(
                 agent.agent_id, registration_id, session=session
             )
             audit.detail(ended_registrations=ended)
+            return ended
 
-        await audit.commit(change)
+        ended = await audit.commit(change)
+        if ended and self._registrations_ended is not None:
+            self._registrations_ended(ended)
 
     async def overview(self, caller: Caller) -> list[AgentOverview]:
         """Every agent that ever registered, for holders of the admin or auditor role."""

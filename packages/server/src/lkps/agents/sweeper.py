@@ -6,6 +6,8 @@ with the clock. The sweep only reports the lapse.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lkps.agents.registry import AgentRegistry
@@ -14,13 +16,24 @@ from lkps.metrics import AGENTS_PRESENT, AGENTS_REGISTERED, REGISTRATIONS_LIVE
 
 LAPSED = "no register or heartbeat within the presence TTL"
 
+# Told which registrations ended, once that is committed (gateway mode: their worker
+# sockets on this replica close, lkps.gateway.live.LiveConnections.end_registrations).
+RegistrationsEnded = Callable[[Collection[str]], object]
+
 
 class PresenceSweeper:
     """Run as a background job (`lkps.background`): a failing run is logged and retried."""
 
-    def __init__(self, registry: AgentRegistry, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        audit: AuditLog,
+        *,
+        registrations_ended: RegistrationsEnded | None = None,
+    ) -> None:
         self._registry = registry
         self._audit = audit
+        self._registrations_ended = registrations_ended
 
     async def run_once(self) -> None:
         await self.sweep()
@@ -33,9 +46,9 @@ class PresenceSweeper:
         transaction that records them: a claim that cannot be recorded is not made, and
         a later sweep claims it again."""
 
-        async def claim(session: AsyncSession) -> tuple[int, list[AuditEntry]]:
+        async def claim(session: AsyncSession) -> tuple[list[str], list[AuditEntry]]:
             expired = await self._registry.claim_expired(session=session)
-            return len(expired), [
+            return [registration_id for registration_id, _ in expired], [
                 self._audit.event_entry(
                     AuditEvent.AGENT_EXPIRE,
                     reason=LAPSED,
@@ -46,7 +59,9 @@ class PresenceSweeper:
             ]
 
         claimed, _ = await self._audit.change(claim)
-        return claimed
+        if claimed and self._registrations_ended is not None:
+            self._registrations_ended(claimed)
+        return len(claimed)
 
     async def update_gauges(self) -> None:
         counts = await self._registry.counts()

@@ -19,6 +19,13 @@ full and load below the target, LiveKit's own rule), and otherwise only when loa
 by at least `LOAD_STEP` or the job count changed, and then at most once per
 `REFRESH_SECONDS` (what operators see in `GET /api/agents` is that fresh).
 
+A connection lives no longer than its registration. `end_registrations` ends this
+replica's connections of registrations that ended (the relay closes them: at once, or
+once a draining worker's jobs are done); the replica where a registration ends calls it
+at once (lkps.services), and every renewal asks the store which of this replica's
+registrations ended since, so that every other replica follows within a third of the
+lease (and a connection admitted just as its registration ended is caught too).
+
 A write that fails (store unavailable) never fails the relay: the connection is marked
 unsynced and the next lease renewal writes its whole state; a close whose delete failed
 is retried there too. One lock orders those retries against closes, so a retried write
@@ -32,13 +39,14 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from lkps.agents.presence import ConnectedWorker, takes_jobs
 from lkps.clock import Clock
 from lkps.errors import ServiceUnavailable
-from lkps.gateway.observer import WorkerSession, WorkerStatus
+from lkps.gateway.observer import ENDED_REGISTRATION, WorkerSession, WorkerStatus
 from lkps.store import Database
 from lkps.store import connections as store
 
@@ -87,6 +95,8 @@ class LiveConnections:
         self._written: dict[str, _Written] = {}
         self._unsynced: set[str] = set()
         self._closed_unsynced: set[str] = set()
+        # Per connection: done (with the close reason) once its registration ended.
+        self._ended: dict[str, asyncio.Future[str]] = {}
         self._sync = asyncio.Lock()
         self.writes = 0  # status rows written, for the coalescing measurement
 
@@ -144,6 +154,7 @@ class LiveConnections:
         connection_id = worker.connection_id
         self._workers.pop(connection_id, None)
         self._written.pop(connection_id, None)
+        self._ended.pop(connection_id, None)
         self._unsynced.discard(connection_id)
         async with self._sync:
             try:
@@ -152,7 +163,34 @@ class LiveConnections:
                 log.warning("could not delete a closed worker connection; retrying")
                 self._closed_unsynced.add(connection_id)
 
+    def ended(self, worker: WorkerSession) -> asyncio.Future[str]:
+        return self._end_of(worker.connection_id)
+
+    def _end_of(self, connection_id: str) -> asyncio.Future[str]:
+        future = self._ended.get(connection_id)
+        if future is None:
+            future = self._ended[connection_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def _ending(self, connection_id: str) -> bool:
+        future = self._ended.get(connection_id)
+        return future is not None and future.done()
+
     # The replica.
+
+    def end_registrations(self, registration_ids: Collection[str]) -> int:
+        """These registrations ended: their connections on this replica are closed, and
+        never written again. How many there were."""
+        ids, ended = set(registration_ids), 0
+        for connection_id, row in self._workers.items():
+            if row.registration_id in ids:
+                future = self._end_of(connection_id)
+                if not future.done():
+                    future.set_result(ENDED_REGISTRATION)
+                    ended += 1
+        if ended:
+            log.info("closing %d worker connection(s) of ended registrations", ended)
+        return ended
 
     def takes_jobs(self, worker: ConnectedWorker) -> bool:
         """LiveKit's rule for offering a job to a worker (`agents.target_load`)."""
@@ -172,15 +210,33 @@ class LiveConnections:
         kept = await store.renew_lease(self._db, self.replica_id, now, now + self._lease)
         if not kept:
             self._unsynced.update(self._workers)
+        await self._end_ended_registrations()
         async with self._sync:
             if self._closed_unsynced:
                 closed = set(self._closed_unsynced)
                 await store.delete_connections(self._db, closed)
                 self._closed_unsynced -= closed
-            pending = [self._workers[c] for c in self._unsynced if c in self._workers]
+            pending = [
+                self._workers[c]
+                for c in self._unsynced
+                if c in self._workers and not self._ending(c)
+            ]
             await store.put_connections(self._db, pending)
             self._unsynced.difference_update(row.connection_id for row in pending)
         await store.collect_dead_replicas(self._db, now - COLLECT_AFTER)
+
+    async def _end_ended_registrations(self) -> None:
+        """Registrations ended on another replica (or just before their worker was
+        admitted here): end their connections, and delete any row they left."""
+        registrations = {row.registration_id for row in self._workers.values()}
+        if not registrations:
+            return
+        ended = await store.ended_registrations(self._db, registrations)
+        if ended and self.end_registrations(ended):
+            await store.delete_connections(
+                self._db,
+                [c for c, row in self._workers.items() if row.registration_id in ended],
+            )
 
     async def release(self) -> None:
         """Graceful shutdown: this replica's connections stop counting now."""

@@ -13,6 +13,14 @@ every frame parses as a `WorkerMessage`. What it changes: a `JobAssignment` with
 URL gets the LiveKit URL, so the worker joins the room at LiveKit and not at the
 gateway (OSS livekit-server leaves it empty, and livekit-agents then uses the URL it
 dialled). Everything else passes through as sent, both ways.
+
+A connection whose registration ends (the observer's `ended`: deregistered, or expired)
+is refused the same way, at once when its worker last reported no running job and was
+assigned none since. A worker with running jobs is draining (lkps-agent deregisters before livekit-agents waits for its
+jobs, and a worker that loses its socket reconnects with a credential that no longer
+holds, giving up, jobs and all, after its retries): it keeps its socket until a status
+reports no job, and meanwhile every status it reports reaches LiveKit as `WS_FULL`, so
+that LiveKit offers it no new job.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import agent as proto
@@ -79,6 +87,24 @@ class _Ended:
     code: int
     reason: str
     refusal: WorkerRefused | None = None
+
+
+def _refused(reason: str) -> _Ended:
+    return _Ended(POLICY_VIOLATION, reason, WorkerRefused(reason))
+
+
+@dataclass(slots=True)
+class _Jobs:
+    """The jobs the worker last reported running (and those assigned to it since: its
+    next status counts them), and the observer's `ended`: once that is done, the socket
+    closes as soon as they are done."""
+
+    ended: asyncio.Future[str]
+    running: int = 0
+
+    @property
+    def ending(self) -> str | None:
+        return self.ended.result() if self.ended.done() else None
 
 
 def agent_endpoint(livekit_url: str) -> str:
@@ -200,11 +226,25 @@ class GatewayRelay:
     async def _pump(
         self, worker: RelaySocket, upstream: RelaySocket, session: WorkerSession
     ) -> _Ended:
-        """Both directions until one ends; then the other side is closed as that one was."""
-        outbound = asyncio.create_task(self._worker_to_livekit(worker, upstream, session))
-        inbound = asyncio.create_task(self._livekit_to_worker(upstream, worker, session))
+        """Both directions until one ends (then the other side is closed as that one
+        was), or until the registration ends (a refusal)."""
+        revoked = self._observer.ended(session)
+        jobs = _Jobs(revoked)
+        outbound = asyncio.create_task(self._worker_to_livekit(worker, upstream, session, jobs))
+        inbound = asyncio.create_task(self._livekit_to_worker(upstream, worker, session, jobs))
         try:
-            done, _ = await asyncio.wait({outbound, inbound}, return_when=asyncio.FIRST_COMPLETED)
+            waited: set[asyncio.Future[Any]] = {outbound, inbound, revoked}
+            done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            if not done & {outbound, inbound}:
+                if not jobs.running:
+                    return _refused(revoked.result())
+                logger.info(
+                    "registration ended: the worker's socket closes when its jobs are done",
+                    extra={"agent_id": session.agent_id, "jobs": jobs.running},
+                )
+                done, _ = await asyncio.wait(
+                    {outbound, inbound}, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             for task in (outbound, inbound):
                 task.cancel()
@@ -217,7 +257,7 @@ class GatewayRelay:
         return ended
 
     async def _worker_to_livekit(
-        self, worker: RelaySocket, upstream: RelaySocket, session: WorkerSession
+        self, worker: RelaySocket, upstream: RelaySocket, session: WorkerSession, jobs: _Jobs
     ) -> _Ended:
         while True:
             frame = await worker.receive()
@@ -231,6 +271,14 @@ class GatewayRelay:
             except WorkerRefused as refusal:
                 return _Ended(POLICY_VIOLATION, refusal.reason, refusal)
             assert isinstance(frame, bytes)  # _parse_worker refused text
+            if kind == "update_worker":
+                jobs.running = message.update_worker.job_count
+                if (ending := jobs.ending) is not None:
+                    if not jobs.running:
+                        return _refused(ending)
+                    if message.update_worker.status != proto.WS_FULL:
+                        message.update_worker.status = proto.WS_FULL
+                        frame = message.SerializeToString()
             await upstream.send(frame)
             if kind == "update_worker":
                 update = message.update_worker
@@ -244,7 +292,7 @@ class GatewayRelay:
                 )
 
     async def _livekit_to_worker(
-        self, upstream: RelaySocket, worker: RelaySocket, session: WorkerSession
+        self, upstream: RelaySocket, worker: RelaySocket, session: WorkerSession, jobs: _Jobs
     ) -> _Ended:
         while True:
             frame = await upstream.receive()
@@ -258,9 +306,11 @@ class GatewayRelay:
             except DecodeError:
                 return _Ended(INTERNAL_ERROR, "LiveKit sent an unparseable message")
             kind = message.WhichOneof("message")
-            if kind == "assignment" and not message.assignment.url:
-                message.assignment.url = self._livekit_url
-                frame = message.SerializeToString()
+            if kind == "assignment":
+                jobs.running += 1
+                if not message.assignment.url:
+                    message.assignment.url = self._livekit_url
+                    frame = message.SerializeToString()
             if kind == "register":
                 # Before the worker hears it: once it is registered, LKPS counts it.
                 await self._observer.registered(session, message.register.worker_id)

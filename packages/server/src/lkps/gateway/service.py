@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from lkps.gateway.credentials import GatewayCredentials, InvalidGatewayCredential
-from lkps.gateway.observer import WorkerSession
+from lkps.gateway.observer import ENDED_REGISTRATION, WorkerSession
 from lkps.gateway.relay import GatewayRelay, RefusalRecorder
 from lkps.gateway.sockets import RelaySocket
 
@@ -19,7 +19,6 @@ class GatewayDenied(Exception):
 
 # Whether the agent's registration named by a credential is still open (not ended).
 RegistrationCheck = Callable[[str, str], Awaitable[bool]]
-ENDED_REGISTRATION = "the registration this credential was issued for has ended; register again"
 
 
 class AgentGateway:

@@ -9,11 +9,11 @@ rows later (`collect_dead_replicas`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, delete, exists, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lkps.agents.presence import AgentFacts, ConnectedWorker
@@ -210,6 +210,22 @@ async def registration_open(db: Database, agent_id: str, registration_id: str) -
     return row is not None
 
 
+async def ended_registrations(db: Database, registration_ids: Collection[str]) -> set[str]:
+    """Those of these registrations that ended: deregistered, or expired (one read, every
+    lease renewal)."""
+
+    async def work(connection: AsyncConnection) -> set[str]:
+        result = await connection.execute(
+            select(RegistrationRow.registration_id).where(
+                RegistrationRow.registration_id.in_(list(registration_ids)),
+                RegistrationRow.ended_at.is_not(None),
+            )
+        )
+        return set(result.scalars())
+
+    return await db.read(work)
+
+
 OPEN_REGISTRATION = select(RegistrationRow.registration_id).where(
     RegistrationRow.registration_id == bindparam("registration_id"),
     RegistrationRow.agent_id == bindparam("agent_id"),
@@ -218,12 +234,23 @@ OPEN_REGISTRATION = select(RegistrationRow.registration_id).where(
 
 
 async def end_connections_of(session: AsyncSession, registration_ids: Sequence[str]) -> None:
-    """A deregistered worker stops counting at once, on every replica (its socket may
-    stay open: LiveKit could still offer it jobs, but no session is granted for it)."""
+    """A deregistered (or expired) worker stops counting at once, on every replica; the
+    replica holding its socket closes it (lkps.gateway.live.end_registrations)."""
     if registration_ids:
         await session.execute(
             delete(Connection).where(Connection.registration_id.in_(list(registration_ids)))
         )
+
+
+async def present_agents(session: AsyncSession, now: datetime) -> int:
+    """How many agents are present by the gateway's rule: one of their connections is
+    registered with LiveKit on a replica whose lease is alive (`lkps_agents_present`)."""
+    count = await session.execute(
+        select(func.count(func.distinct(Connection.agent_id)))
+        .join(GatewayReplicaRow, GatewayReplicaRow.replica_id == Connection.replica_id)
+        .where(Connection.registered.is_(True), GatewayReplicaRow.lease_expires_at > now)
+    )
+    return int(count.scalar_one())
 
 
 async def live_workers(db: Database, now: datetime) -> list[ConnectedWorker]:
