@@ -116,15 +116,27 @@ def one_line(room: str, kind: str, key: str, secret: str, **options: Any) -> str
     return f"{webhook_signature(body, key=key, secret=secret)}\t{body}"
 
 
-def events_file(path: Path, sessions: list[tuple[str, str]], key: str, secret: str) -> int:
+STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("participant_joined", {"identity": "client"}),
+    ("participant_joined", {"identity": "agent-AJ_bench", "agent": True}),
+    ("room_finished", {}),
+)
+# Events LKPS verifies, counts and answers without reading further: the request path
+# alone (HTTP, middleware, verification), without the store.
+UNFOLLOWED: tuple[tuple[str, dict[str, Any]], ...] = (("track_published", {"identity": "client"}),)
+
+
+def events_file(
+    path: Path,
+    sessions: list[tuple[str, str]],
+    key: str,
+    secret: str,
+    kinds: tuple[tuple[str, dict[str, Any]], ...] = STEPS,
+) -> int:
     """Every session's three steps, the joins of all before any end: in order per
-    session, spread over the file."""
+    session, spread over the file (or, with `kinds`, those events)."""
     lines = []
-    for kind, options in (
-        ("participant_joined", {"identity": "client"}),
-        ("participant_joined", {"identity": "agent-AJ_bench", "agent": True}),
-        ("room_finished", {}),
-    ):
+    for kind, options in kinds:
         lines += [one_line(room, kind, key, secret, **options) for _, room in sessions]
     path.write_text("\n".join(lines) + "\n")
     return len(lines)
@@ -236,6 +248,11 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "webhooks")
     parser.add_argument("--profile", action="store_true", help="py-spy the workers")
+    parser.add_argument(
+        "--unfollowed",
+        action="store_true",
+        help="send only track_published events (the request path without the store)",
+    )
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +272,8 @@ def main() -> int:
             sessions = asyncio.run(insert_sessions(database, ids.agent_id, count + 200))
             loaded, probed = sessions[:count], sessions[count:]
             events = out / "events.txt"
-            lines = events_file(events, loaded, key, secret)
+            kinds = UNFOLLOWED if args.unfollowed else STEPS
+            lines = events_file(events, loaded, key, secret, kinds)
             say(f"{lines} signed events for {count} sessions in {events}")
             server = children.start(spec.name, spec.argv, env=spec.env, cwd=ROOT)
             wait_ready(spec, server)

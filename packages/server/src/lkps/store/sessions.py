@@ -12,7 +12,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, bindparam, case, delete, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    bindparam,
+    case,
+    delete,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -111,9 +122,11 @@ async def list_sessions(
 
 
 def _progressed(to: SessionState) -> ColumnElement[str]:
-    """The state after a step to `to`: forward only, never out of ended or reopened."""
-    earlier = [state.value for state in PROGRESS[: PROGRESS.index(to)]]
-    return case((SessionRow.state.in_(earlier), to.value), else_=SessionRow.state)
+    """The state after a step to `to`: forward only, never out of ended or reopened.
+    The states are LKPS's own names, written into the statement: an IN list of bound
+    values would be expanded anew on every execution."""
+    earlier = [SessionRow.state == literal_column(f"'{state.value}'") for state in PROGRESS]
+    return case((or_(*earlier[: PROGRESS.index(to)]), to.value), else_=SessionRow.state)
 
 
 async def _update_returning(
