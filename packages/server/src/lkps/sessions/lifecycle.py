@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from livekit.protocol.models import ParticipantInfo
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, Outcome
@@ -410,13 +410,26 @@ def _observe(done: _Applied) -> None:
         SESSIONS_ENDED.labels(done.facts.final_state or "granted").inc()
 
 
+# SQLSTATE classes of a store that is away or overwhelmed, not refusing one statement's
+# data: connection exceptions, insufficient resources, operator intervention (a
+# statement timeout among them), system errors.
+_STORE_AWAY = frozenset({"08", "53", "57", "58"})
+
+
 def _store_refused(failure: BaseException) -> bool:
     """The store answered and refused a statement (a constraint, a trigger, a value it
-    cannot take), rather than being away: then a batch's events are worth trying one at
-    a time. Looked for along the failure's causes (`AuditLog.change` wraps it)."""
+    cannot take), rather than being away or busy (a lost connection, SQLite's lock, a
+    timeout): then a batch's events are worth trying one at a time, and only then, since
+    each try would wait for a store that is away. Looked for along the failure's causes
+    (`AuditLog.change` wraps it)."""
     seen: BaseException | None = failure
     while seen is not None:
-        if isinstance(seen, DBAPIError) and not seen.connection_invalidated:
-            return True
+        if isinstance(seen, DBAPIError):
+            state = str(getattr(seen.orig, "sqlstate", "") or "")
+            return not (
+                seen.connection_invalidated
+                or isinstance(seen, OperationalError)
+                or state[:2] in _STORE_AWAY
+            )
         seen = seen.__cause__
     return False
