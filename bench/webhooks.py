@@ -20,7 +20,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -35,6 +37,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procs
+import profiles
 from run import (
     AUDIENCE,
     BENCH,
@@ -45,6 +48,7 @@ from run import (
     ROOT,
     bench_database,
     ensure_postgres,
+    find_py_spy,
     lkps_uvicorn,
     make_identities,
     say,
@@ -112,15 +116,27 @@ def one_line(room: str, kind: str, key: str, secret: str, **options: Any) -> str
     return f"{webhook_signature(body, key=key, secret=secret)}\t{body}"
 
 
-def events_file(path: Path, sessions: list[tuple[str, str]], key: str, secret: str) -> int:
+STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("participant_joined", {"identity": "client"}),
+    ("participant_joined", {"identity": "agent-AJ_bench", "agent": True}),
+    ("room_finished", {}),
+)
+# Events LKPS verifies, counts and answers without reading further: the request path
+# alone (HTTP, middleware, verification), without the store.
+UNFOLLOWED: tuple[tuple[str, dict[str, Any]], ...] = (("track_published", {"identity": "client"}),)
+
+
+def events_file(
+    path: Path,
+    sessions: list[tuple[str, str]],
+    key: str,
+    secret: str,
+    kinds: tuple[tuple[str, dict[str, Any]], ...] = STEPS,
+) -> int:
     """Every session's three steps, the joins of all before any end: in order per
-    session, spread over the file."""
+    session, spread over the file (or, with `kinds`, those events)."""
     lines = []
-    for kind, options in (
-        ("participant_joined", {"identity": "client"}),
-        ("participant_joined", {"identity": "agent-AJ_bench", "agent": True}),
-        ("room_finished", {}),
-    ):
+    for kind, options in kinds:
         lines += [one_line(room, kind, key, secret, **options) for _, room in sessions]
     path.write_text("\n".join(lines) + "\n")
     return len(lines)
@@ -190,6 +206,38 @@ async def outcome(database: str) -> dict[str, Any]:
         await connection.close()
 
 
+def start_profile(
+    children: procs.Children, root: int, duration: float, out: Path
+) -> subprocess.Popen[Any] | None:
+    """py-spy on the workers for the middle of the run (raw collapsed stacks)."""
+    spy = find_py_spy()
+    if spy is None:
+        say("py-spy not found: no profile")
+        return None
+    time.sleep(2)
+    return children.start(
+        "py-spy",
+        [
+            spy,
+            "record",
+            "--pid",
+            str(root),
+            "--subprocesses",
+            "--duration",
+            str(max(1, int(duration) - 4)),
+            "--rate",
+            "100",
+            "--nonblocking",
+            "--full-filenames",
+            "--nolineno",
+            "--format",
+            "raw",
+            "--output",
+            str(out / "profile.txt"),
+        ],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0)
@@ -199,6 +247,12 @@ def main() -> int:
         "--rate", type=float, default=2000.0, help="events/s to provision sessions for"
     )
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "webhooks")
+    parser.add_argument("--profile", action="store_true", help="py-spy the workers")
+    parser.add_argument(
+        "--unfollowed",
+        action="store_true",
+        help="send only track_published events (the request path without the store)",
+    )
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +272,8 @@ def main() -> int:
             sessions = asyncio.run(insert_sessions(database, ids.agent_id, count + 200))
             loaded, probed = sessions[:count], sessions[count:]
             events = out / "events.txt"
-            lines = events_file(events, loaded, key, secret)
+            kinds = UNFOLLOWED if args.unfollowed else STEPS
+            lines = events_file(events, loaded, key, secret, kinds)
             say(f"{lines} signed events for {count} sessions in {events}")
             server = children.start(spec.name, spec.argv, env=spec.env, cwd=ROOT)
             wait_ready(spec, server)
@@ -229,6 +284,10 @@ def main() -> int:
                 roles=["LKPS.Auditor"],
             )
             probe = Probe(spec.url, auditor, probed, key, secret)
+            workers = procs.worker_pids(server.pid)
+            load_before = os.getloadavg()
+            postgres = procs.PostgresCpu(database).__enter__()
+            cpu_before = procs.CpuSample({"workers": workers, "parent": [server.pid]})
             probe.start()
             load = children.start(
                 "wrk-webhooks",
@@ -245,9 +304,15 @@ def main() -> int:
                 ],
                 capture=True,
             )
+            spy = start_profile(children, server.pid, args.duration, out) if args.profile else None
             load_out, _ = load.communicate(timeout=args.duration + 60)
+            cpu_after = procs.CpuSample({"workers": workers, "parent": [server.pid]})
+            postgres.__exit__()
+            load_after = os.getloadavg()
             probe.stop.set()
             probe.join(timeout=10)
+            if spy is not None:
+                spy.wait(timeout=60)
             after = asyncio.run(outcome(database))
     finally:
         children.stop_all()
@@ -255,6 +320,9 @@ def main() -> int:
     raw: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     seconds = raw["duration_us"] / 1e6
     delays = sorted(probe.delays)
+    shares = cpu_after.shares_since(cpu_before)
+    wall = cpu_after.at - cpu_before.at
+    events = raw["requests"] + len(delays)
     result = {
         "workers": args.workers,
         "duration_s": round(seconds, 1),
@@ -270,8 +338,16 @@ def main() -> int:
             "max_ms": round(delays[-1] * 1000, 1) if delays else None,
             "within_1s": sum(d <= 1.0 for d in delays),
         },
+        "cpu_cores": shares,
+        "worker_cpu_ms_per_event": round(1000 * shares["workers"] * wall / max(events, 1), 3),
+        "postgres_cpu_ms_per_event": round(1000 * postgres.seconds / max(events, 1), 3),
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         **after,
     }
+    if spy is not None and (out / "profile.txt").exists():
+        summary = profiles.summarize(out / "profile.txt", only_processes=workers)
+        (out / "profile-summary.txt").write_text(profiles.as_text(summary))
+        say(f"profile: {out / 'profile-summary.txt'}")
     (out / "webhooks.json").write_text(json.dumps(result, indent=2))
     say(json.dumps(result, indent=2))
     ok = result["events_per_s"] >= 2000 and delays and delays[-1] <= 1.0
@@ -280,6 +356,12 @@ def main() -> int:
         f"(target 2,000), non-2xx {result['non_2xx']}; reflected in GET: p50 "
         f"{result['reflected_in_get']['p50_ms']} ms, max {result['reflected_in_get']['max_ms']}"
         f" ms over {len(delays)} probes (target ≤ 1 s): {'MET' if ok else 'MISSED'}"
+    )
+    say(
+        f"worker CPU {result['worker_cpu_ms_per_event']} ms/event "
+        f"({shares['workers']} cores), PostgreSQL {result['postgres_cpu_ms_per_event']} "
+        f"ms/event, machine {shares['machine']} cores busy (others {shares['other']}), "
+        f"load average {result['load_average_before_after']}"
     )
     return 0
 

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from lkps.audit import AuditRecord
 from lkps_testkit.livekit import LiveKitDouble
+from tests.api.test_audited_changes import assert_unavailable, refuse_records
 from tests.api.util import running_lkps
 from tests.api.webhooks import body_of, event, signature, signed
 from tests.backends import StoreSql
@@ -302,7 +303,8 @@ async def test_a_failed_redispatch_is_recorded_as_refused(
     )
 
 
-# A step whose record cannot be written is undone, so LiveKit's retry records it.
+# A step and its record are committed together: when the record cannot be written, the
+# step is not applied either, and LiveKit's retry applies it with its record.
 
 
 async def test_a_step_whose_record_fails_is_applied_again_with_its_record(
@@ -317,6 +319,73 @@ async def test_a_step_whose_record_fails_is_applied_again_with_its_record(
     await lkps.services.audit.start()
     assert (await send(lkps, joined)).json() == {"applied": True}
     assert [r.event for r in await lifecycle_records(lkps)] == ["session.client_joined"]
+
+
+async def test_a_step_is_not_applied_when_its_record_is_refused(
+    lkps: Lkps, clock: FakeClock, store_sql: StoreSql
+) -> None:
+    session = await started(lkps)
+    room = session["room_name"]
+    await send(lkps, event("participant_joined", room, created=clock.now(), identity="alice"))
+    await refuse_records(store_sql, "session.agent_joined", outcome="recorded")
+    # Nor may the step depend on a second write to be taken back (it did: it was undone
+    # after its record failed, and stayed applied, unrecorded, when the undo failed too).
+    await store_sql.refuse(
+        "refuse_undo",
+        "UPDATE",
+        "sessions",
+        "OLD.agent_joined_at IS NOT NULL AND NEW.agent_joined_at IS NULL",
+    )
+    agent = event(
+        "participant_joined", room, created=clock.now(), identity="agent-AJ_1", agent=True
+    )
+
+    refused = await send(lkps, agent)
+
+    assert_unavailable(refused)
+    view = (await read_session(lkps, session["session_id"])).json()
+    assert (view["state"], view["agent_joined_at"], view["job_id"]) == ("client_joined", None, None)
+    assert [r.event for r in await lifecycle_records(lkps)] == ["session.client_joined"]
+    # The store takes the record again: LiveKit's retry applies the step, with it.
+    await store_sql.allow("refuse_record", "audit_records")
+    await store_sql.allow("refuse_undo", "sessions")
+    assert (await send(lkps, agent)).json() == {"applied": True}
+    view = (await read_session(lkps, session["session_id"])).json()
+    assert (view["state"], view["job_id"]) == ("agent_joined", "AJ_1")
+    assert [r.event for r in await lifecycle_records(lkps)] == [
+        "session.client_joined",
+        "session.agent_joined",
+    ]
+    assert (await lkps.services.audit.verify()).ok
+
+
+async def test_one_refused_record_fails_its_own_webhook_only(
+    lkps: Lkps, clock: FakeClock, store_sql: StoreSql
+) -> None:
+    """Steps are committed in batches: the store refusing one event's record must not
+    fail the other events that share its batch."""
+    assert (await lkps.register()).status_code == 200
+    sessions = [
+        (await lkps.start_session(token=lkps.user_token(f"user{index}"))).json()
+        for index in range(12)
+    ]
+    await refuse_records(store_sql, "session.ended", outcome="recorded")
+    ends = [event("room_finished", sessions[0]["room_name"], created=clock.now())] + [
+        event("participant_joined", s["room_name"], created=clock.now(), identity="a")
+        for s in sessions[1:]
+    ]
+
+    answers = await asyncio.gather(*(send(lkps, message) for message in ends))
+
+    assert_unavailable(answers[0])
+    assert [answer.json() for answer in answers[1:]] == [{"applied": True}] * 11
+    states = [
+        (await read_session(lkps, s["session_id"], auditor(lkps))).json()["state"] for s in sessions
+    ]
+    assert states == ["granted"] + ["client_joined"] * 11
+    assert sorted(r.room_name or "" for r in await lifecycle_records(lkps)) == sorted(
+        s["room_name"] for s in sessions[1:]
+    )
 
 
 # Who may read a session.

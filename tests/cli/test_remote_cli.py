@@ -10,7 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from lkps.cli.main import app
-from tests.conftest import AGENT, API_AUDIENCE, CLIENT_B, Served
+from lkps.config import Settings
+from tests.audit_keys import public_path
+from tests.backends import StoreSql
+from tests.conftest import AGENT, API_AUDIENCE, CLIENT_B, Lkps, Served
 from tests.processes import clean_environment, run_lkps
 
 # These are about the CLI and the API between it and LKPS; the store behind LKPS is
@@ -100,6 +103,54 @@ def test_audit_over_the_api(served: Served, tmp_path: Path) -> None:
     assert refused.returncode == 1
 
 
+async def test_checkpoints_over_the_api_find_a_truncated_trail(
+    served: Served, lkps: Lkps, settings: Settings, store_sql: StoreSql, tmp_path: Path
+) -> None:
+    """`lkps audit checkpoints --url` exports what `GET /api/audit/checkpoints` serves;
+    `verify --checkpoints --url` checks the trail the API serves against them with the
+    public key alone, and finds its newest records removed and the head rewound (a
+    valid shorter chain) where LKPS's own verify, its stored checkpoints removed too,
+    calls the trail intact."""
+    auditor = roles(served, "LKPS.Auditor")
+    remote(served, served.user_token(), "session", "start", "--agent", AGENT, cwd=tmp_path)
+    assert lkps.services.checkpointer is not None and settings.audit_signing_key is not None
+    taken = await lkps.services.checkpointer.take()
+    exported = tmp_path / "checkpoints.jsonl"
+    result = remote(served, auditor, "audit", "checkpoints", "-o", str(exported), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["seq"] for line in exported.read_text().splitlines()] == [taken.seq]
+    public_key = public_path(settings.audit_signing_key)
+    options = ["--checkpoints", str(exported), "--public-key", str(public_key)]
+
+    verified = remote(served, auditor, "audit", "verify", *options, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"matches 1 signed checkpoints, the newest at record {taken.seq}" in verified.stdout
+
+    await store_sql.allow_audit_changes()
+    await store_sql.execute(
+        "DELETE FROM audit_records WHERE seq = (SELECT seq FROM audit_chain_head)",
+        "UPDATE audit_chain_head SET seq = seq - 1, hash = (SELECT hash FROM audit_records "
+        "WHERE audit_records.seq = audit_chain_head.seq - 1) WHERE id = 1",
+        # The writer removes the stored checkpoints too: LKPS's own verify, which checks
+        # the trail against them, has nothing left to find the truncation with.
+        "DELETE FROM audit_checkpoints",
+    )
+    assert remote(served, auditor, "audit", "verify", cwd=tmp_path).returncode == 0
+    truncated = remote(served, auditor, "audit", "verify", *options, cwd=tmp_path)
+    assert truncated.returncode == 1
+    assert "broken" in truncated.stdout
+
+    tampered = tmp_path / "tampered.jsonl"
+    document = json.loads(exported.read_text())
+    tampered.write_text(json.dumps({**document, "seq": document["seq"] - 1}) + "\n")
+    options[1] = str(tampered)
+    assert remote(served, auditor, "audit", "verify", *options, cwd=tmp_path).returncode == 1
+
+    refused = remote(served, roles(served, "LKPS.Admin"), "audit", "checkpoints", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+
+
 def test_remote_commands_say_which_lkps_is_missing(tmp_path: Path) -> None:
     result = run_lkps("agents", "--token", "x", env=clean_environment(), cwd=tmp_path)
     assert result.returncode == 2
@@ -118,6 +169,7 @@ REMOTE_COMMANDS = [
     ("audit", "tail"),
     ("audit", "search"),
     ("audit", "export"),
+    ("audit", "checkpoints"),
 ]
 COMMAND_IDS = [" ".join(command[:2]) for command in REMOTE_COMMANDS]
 

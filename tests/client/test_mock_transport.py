@@ -469,6 +469,25 @@ def test_verify_audit() -> None:
     assert verification.records_checked == 41
 
 
+def test_audit_checkpoints_are_kept_as_served() -> None:
+    signed = {"seq": 7, "hash": "ab" * 32, "time": "2026-01-01T00:00:00Z", "signature": "c2ln"}
+    recorder = answers(ok({"checkpoints": [signed, {**signed, "seq": 3}]}))
+    assert recorder.client().audit_checkpoints(limit=2) == [signed, {**signed, "seq": 3}]
+    assert recorder.requests[-1].url.path == "/api/audit/checkpoints"
+    assert recorder.requests[-1].url.params["limit"] == "2"
+    with pytest.raises(ValueError, match="limit"):
+        recorder.client().audit_checkpoints(limit=0)
+    for shape in ({"checkpoints": "none"}, {"checkpoints": [1]}, {}):
+        with pytest.raises(UnexpectedResponseError):
+            answers(ok(shape)).client().audit_checkpoints()
+
+
+async def test_audit_checkpoints_async() -> None:
+    recorder = answers(ok({"checkpoints": []}))
+    async with recorder.async_client() as client:
+        assert await client.audit_checkpoints() == []
+
+
 def audit_record(seq: int) -> dict[str, Any]:
     return {
         "seq": seq,

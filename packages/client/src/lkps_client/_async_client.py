@@ -215,6 +215,10 @@ class AsyncLkpsClient(BaseClient):
         """See `LkpsClient.verify_audit`."""
         return await self._send(calls.verify_audit())
 
+    async def audit_checkpoints(self, limit: int = 100) -> list[dict[str, Any]]:
+        """See `LkpsClient.audit_checkpoints`."""
+        return await self._send(calls.audit_checkpoints(limit))
+
     # I/O
 
     async def _send(self, call: calls.Call[T]) -> T:

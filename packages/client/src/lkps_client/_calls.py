@@ -44,6 +44,7 @@ from lkps_client._models import (
     SessionRecord,
     parse_agents,
     parse_audit_page,
+    parse_checkpoints,
     parse_heartbeat,
     parse_override,
     parse_registration,
@@ -230,6 +231,17 @@ def audit_page(query: Mapping[str, str], cursor: str | None) -> Call[AuditPage]:
 
 def verify_audit() -> Call[ChainVerification]:
     return Call("GET", "/api/audit/verify", lambda reply: parse_verification(reply.body))
+
+
+def audit_checkpoints(limit: int) -> Call[list[dict[str, Any]]]:
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return Call(
+        "GET",
+        "/api/audit/checkpoints",
+        lambda reply: parse_checkpoints(reply.body),
+        params={"limit": str(limit)},
+    )
 
 
 def _override_path(agent_id: str | UUID) -> str:

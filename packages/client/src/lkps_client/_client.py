@@ -237,6 +237,12 @@ class LkpsClient(BaseClient):
         """Have LKPS check its audit hash chain; `ok` False names the first broken link."""
         return self._send(calls.verify_audit())
 
+    def audit_checkpoints(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest signed checkpoints of the audit chain's head, newest first (at most
+        `limit`, which LKPS caps at 1,000), each as LKPS serves it: written one JSON
+        object a line, what `lkps audit verify --checkpoints` checks the trail against."""
+        return self._send(calls.audit_checkpoints(limit))
+
     # I/O
 
     def _send(self, call: calls.Call[T]) -> T:

@@ -453,6 +453,15 @@ def parse_audit_page(value: Any) -> tuple[list[AuditRecord], str | None]:
     return [parse_audit_record(record) for record in records], _opt_str(document, "next_cursor")
 
 
+def parse_checkpoints(value: Any) -> list[dict[str, Any]]:
+    """The signed checkpoints as LKPS served them: each object kept whole, since what
+    verifies them (`lkps audit verify --checkpoints`) reads them as exported."""
+    checkpoints = _object(value)["checkpoints"]
+    if not isinstance(checkpoints, list):
+        raise TypeError("checkpoints is not a list")
+    return [dict(_object(checkpoint)) for checkpoint in checkpoints]
+
+
 def parse_verification(value: Any) -> ChainVerification:
     document = _object(value)
     return ChainVerification(

@@ -335,6 +335,9 @@ async def running_services(
             )
         await audit.start()
         teardown.push_async_callback(_shutdown_step, "stop the audit writer", audit.stop)
+        # Stopped before the audit writer (LIFO): its last steps commit their records.
+        await lifecycle.start()
+        teardown.push_async_callback(_shutdown_step, "stop the session step writer", lifecycle.stop)
         await jwks.refresh()
         await source.start()
         with contextlib.suppress(ServiceUnavailable):

@@ -10,6 +10,7 @@ so a field added here cannot be stored unhashed or served undocumented.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
@@ -113,6 +114,18 @@ class AuditRecord:
         document["occurred_at"] = self.occurred_at.isoformat()
         document["details"] = json.loads(self.details) if self.details else {}
         return document
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> AuditRecord:
+        """The record `as_json` (the audit API, an export) wrote: its details back in
+        the canonical text they were stored and hashed as."""
+        from lkps.audit.chain import canonical_json
+
+        values: dict[str, Any] = {name: document.get(name) for name in cls.__dataclass_fields__}
+        values["occurred_at"] = datetime.fromisoformat(str(document["occurred_at"]))
+        details = document.get("details")
+        values["details"] = canonical_json(details) if details else None
+        return cls(**values)
 
 
 RECORD_FIELDS = tuple(record_field.name for record_field in fields(AuditRecord))

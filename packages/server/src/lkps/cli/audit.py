@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
@@ -103,9 +103,17 @@ def verify(
         fail("--checkpoints needs --public-key (the PEM of the signing key's public key)")
     if public_key is not None and checkpoints is None:
         fail("--public-key verifies --checkpoints; give both")
-    if remote.chosen:
-        if checkpoints is not None or legacy_until:
-            fail("--checkpoints and --legacy-until check the local store; drop --url/--env")
+    if remote.chosen and legacy_until:
+        fail("--legacy-until checks the local store with its keys; drop --url/--env")
+    if remote.chosen and checkpoints and public_key:
+        # The trail as the running LKPS serves it, checked here against the signed heads
+        # with the public key alone: what LKPS says of its own chain is not asked.
+        signed = _read_checkpoints(checkpoints, public_key)
+        with remote.connect() as client:
+            documents = call(lambda: [json.loads(to_json(r)) for r in client.audit_records()])
+        result = run(_verify_documents(documents, signed))
+        ok, line = result.ok, result.describe()
+    elif remote.chosen:
         with remote.connect() as client:
             report = call(client.verify_audit)
         ok, line = (
@@ -117,12 +125,33 @@ def verify(
             ),
         )
     else:
-        signed = _read_checkpoints(checkpoints, public_key) if checkpoints and public_key else None
-        result = _with_log(lambda log: log.verify(legacy_until=legacy_until, checkpoints=signed))
+        heads = _read_checkpoints(checkpoints, public_key) if checkpoints and public_key else None
+        result = _with_log(lambda log: log.verify(legacy_until=legacy_until, checkpoints=heads))
         ok, line = result.ok, result.describe()
     typer.echo(line)
     if not ok:
         raise typer.Exit(1)
+
+
+async def _verify_documents(documents: list[dict[str, Any]], signed: dict[int, str]) -> Any:
+    """Records as the audit API serves them (newest first), verified in sequence order
+    against `signed` without the audit key: their links, the signed heads, and the
+    content of records chained without a key."""
+    from lkps.audit import AuditRecord
+    from lkps.audit.chain import verify_chain
+
+    records = sorted((AuditRecord.from_json(document) for document in documents), key=_seq)
+
+    async def in_order() -> AsyncIterator[AuditRecord]:
+        for record in records:
+            yield record
+
+    head_seq, head_hash = (records[-1].seq, records[-1].hash) if records else (0, "")
+    return await verify_chain(in_order(), head_seq, head_hash, checkpoints=signed)
+
+
+def _seq(record: Any) -> int:
+    return int(record.seq)
 
 
 def _read_checkpoints(path: Path, public_key: Path) -> dict[int, str]:
@@ -146,14 +175,22 @@ def _read_checkpoints(path: Path, public_key: Path) -> dict[int, str]:
 
 
 @app.command("checkpoints")
+@remote_command
 def checkpoints(
-    limit: int = typer.Option(1000, "-n", "--limit", min=1, help="At most this many"),
+    limit: int = typer.Option(1000, "-n", "--limit", min=1, max=1000, help="At most this many"),
     output: Path | None = typer.Option(None, "-o", "--output", help="File (default: stdout)"),
+    *,
+    remote: Remote,
 ) -> None:
-    """Write the newest signed checkpoints from the local store, one JSON object a line
-    (what `verify --checkpoints` reads). Keep copies outside the database: the log
-    stream carries each one too (field `audit_checkpoint`)."""
-    documents = _with_log(lambda log: _checkpoints_local(log, limit))
+    """Write the newest signed checkpoints, newest first, one JSON object a line (what
+    `verify --checkpoints` reads): from the local store, or from a running LKPS with
+    --url (LKPS.Auditor). Keep copies outside the database: the log stream carries each
+    one too (field `audit_checkpoint`)."""
+    if remote.chosen:
+        with remote.connect() as client:
+            documents = call(lambda: client.audit_checkpoints(limit))
+    else:
+        documents = _with_log(lambda log: _checkpoints_local(log, limit))
     stream = output.open("w", encoding="utf-8") if output else sys.stdout
     try:
         for document in documents:

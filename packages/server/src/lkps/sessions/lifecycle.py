@@ -3,32 +3,45 @@
 Each step (client joined, agent joined, ended, reopened) is one conditional UPDATE in
 the store (`lkps.store.sessions`): the replica whose statement changed the row writes
 the step's audit record, so events that repeat, arrive late or reach several replicas
-are recorded once. When the record cannot be written the step is put back and the
-webhook answered 503, so that LiveKit's retry applies it again with its record.
+are recorded once. A step and its record are committed in one transaction
+(`AuditLog.change`): when the record cannot be written the step is not applied either,
+and the webhook is answered 503, so that LiveKit's retry applies it with its record.
+
+Steps are group-committed, as the audit writer commits records (`lkps.batches`): the
+events that arrived while the previous batch was being committed are applied in one
+transaction, with one append of their records and one commit, instead of a statement,
+a commit and a wait for the audit writer each. Each webhook is answered once its batch
+is committed. A batch the store refused is committed again one event at a time, so
+that one event's fault fails that event's webhook alone.
 
 No-shows are found by a background job scanning the store (not a timer in one process:
 the client's join may reach any replica, and that replica may stop): a session whose
 client joined `agent_join_timeout` ago without an agent is claimed by one UPDATE, so
-one replica alone records `session.agent_missing` and asks LiveKit, once, to dispatch
-the agent again with the same metadata.
+one replica alone records `session.agent_missing` (in the claim's transaction) and asks
+LiveKit, once, to dispatch the agent again with the same metadata.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from livekit.protocol.models import ParticipantInfo
-from livekit.protocol.webhook import WebhookEvent
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, Outcome
 from lkps.audit.log import AuditUnavailable
+from lkps.batches import commit_in_batches
 from lkps.clock import Clock
+from lkps.errors import ServiceUnavailable
 from lkps.livekit.dispatch import AgentDispatcher
+from lkps.livekit.webhooks import FOLLOWED, WebhookFacts
 from lkps.metrics import (
     SESSION_AGENT_JOIN,
     SESSION_NO_SHOWS,
@@ -36,7 +49,7 @@ from lkps.metrics import (
     SESSION_REDISPATCHES,
     SESSIONS_ENDED,
 )
-from lkps.sessions.records import SessionFacts, SessionState
+from lkps.sessions.records import SessionFacts
 from lkps.store import Database
 from lkps.store import sessions as store
 
@@ -45,6 +58,8 @@ log = logging.getLogger(__name__)
 # livekit-server names an agent's participant after its job: `agent-AJ_...`.
 _JOB_IN_IDENTITY = re.compile(r"agent-(AJ_[A-Za-z0-9]+)")
 _SCAN_LIMIT = 100
+# The participants a session follows: its client, and its agent.
+_PARTICIPANTS = frozenset({ParticipantInfo.Kind.STANDARD, ParticipantInfo.Kind.AGENT})
 
 
 class SessionLifecycle:
@@ -56,12 +71,16 @@ class SessionLifecycle:
         clock: Clock,
         *,
         agent_join_timeout: float,
+        max_batch: int = 128,
     ) -> None:
         self._db = db
         self._audit = audit
         self._dispatcher = dispatcher
         self._clock = clock
         self._timeout = timedelta(seconds=agent_join_timeout)
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
 
     # Reading.
 
@@ -77,152 +96,125 @@ class SessionLifecycle:
 
     # Webhooks.
 
-    async def apply(self, event: WebhookEvent) -> bool:
+    async def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._run(), name="lkps-session-steps")
+
+    async def stop(self) -> None:
+        """Commit the steps queued, then stop."""
+        if self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        self._queue.put_nowait(None)
+        await writer
+
+    async def apply(self, event: WebhookFacts) -> bool:
         """Apply one verified event; whether it changed a session. Raises
-        `AuditUnavailable` (503) when a step's record could not be written."""
-        room = event.room.name
-        if not room:
+        `ServiceUnavailable` (503) when the step and its record could not be committed
+        (neither is, then)."""
+        step = _step_of(event, self._clock.now())
+        if step is None:
             return False
-        now = self._clock.now()
-        room_sid = event.room.sid or None
-        if event.event == "room_started":
-            if room_sid is None:
-                return False
-            if (facts := await store.reopened(self._db, room, room_sid=room_sid, now=now)) is None:
-                await store.note_room(self._db, room, room_sid)
-                return False
-            await self._record(
-                AuditEvent.SESSION_REOPENED,
-                facts,
-                details={"room_sid": room_sid, "original_room_sid": facts.room_sid},
-                undo={"reopened_at": None, "reopened_room_sid": None, "state": "ended"},
-            )
-            return True
-        if event.event == "participant_joined":
-            return await self._joined(event.participant, room, room_sid, now)
-        if event.event == "room_finished":
-            return await self._ended(room, room_sid, now)
-        return False
+        if self._writer is None or self._writer.done():
+            raise AuditUnavailable("session step writer is not running")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((step, future))
+        return await future
 
-    async def _joined(
-        self, participant: ParticipantInfo, room: str, room_sid: str | None, now: datetime
-    ) -> bool:
-        identity, sid = participant.identity, participant.sid
-        if participant.kind == ParticipantInfo.Kind.AGENT:
-            match = _JOB_IN_IDENTITY.fullmatch(identity)
-            job_id = match.group(1) if match else None
-            facts = await store.agent_joined(
-                self._db,
-                room,
-                identity=identity,
-                sid=sid,
-                job_id=job_id,
-                room_sid=room_sid,
-                now=now,
-            )
-            if facts is None:
-                return False
-            previous = facts.state
-            if facts.state == SessionState.AGENT_JOINED:
-                previous = "client_joined" if facts.client_joined_at else "granted"
-            after_retry = facts.no_show_stage > 0
-            await self._record(
-                AuditEvent.SESSION_AGENT_JOINED,
-                facts,
-                details={
-                    "participant_identity": identity,
-                    "participant_sid": sid,
-                    "job_id": job_id,
-                    "after_redispatch": after_retry,
-                    "seconds_since_grant": facts.grant_to_agent_seconds,
-                },
-                undo={
-                    "agent_joined_at": None,
-                    "agent_identity": None,
-                    "agent_sid": None,
-                    "job_id": None,
-                    "state": previous,
-                },
-            )
-            if (seconds := facts.grant_to_agent_seconds) is not None:
-                SESSION_AGENT_JOIN.observe(seconds)
-            if after_retry:
-                SESSION_REDISPATCH_JOINED.inc()
-            return True
-        if participant.kind != ParticipantInfo.Kind.STANDARD:
-            return False  # egress, ingress, SIP: not the session's client
-        facts = await store.client_joined(
-            self._db, room, identity=identity, sid=sid, room_sid=room_sid, now=now
-        )
-        if facts is None:
-            return False
-        await self._record(
-            AuditEvent.SESSION_CLIENT_JOINED,
-            facts,
-            details={"participant_identity": identity, "participant_sid": sid},
-            undo={
-                "client_joined_at": None,
-                "client_identity": None,
-                "client_sid": None,
-                "state": "granted" if facts.state == SessionState.CLIENT_JOINED else facts.state,
-            },
-        )
-        return True
+    async def _run(self) -> None:
+        await commit_in_batches(self._queue, self._commit, max_batch=self._max_batch)
 
-    async def _ended(self, room: str, room_sid: str | None, now: datetime) -> bool:
-        facts = await store.ended(self._db, room, room_sid=room_sid, now=now)
-        if facts is None:
-            return False
-        await self._record(
-            AuditEvent.SESSION_ENDED,
-            facts,
-            details={
-                "final_state": facts.final_state,
-                "duration_seconds": facts.duration_seconds,
-                "agent_joined": facts.agent_joined_at is not None,
-                "redispatched": facts.no_show_stage > 0,
-            },
-            undo={"ended_at": None, "final_state": None, "state": facts.final_state},
-        )
-        SESSIONS_ENDED.labels(facts.final_state or "granted").inc()
-        return True
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Commit `batch`'s steps with their records and answer each webhook. Never
+        raises: a writer that died would leave every later webhook waiting."""
+        # Rows are locked in room order, whatever the events' order, so that two
+        # replicas' batches never wait for each other's rows; one room's steps keep
+        # the order they came in (a stable sort).
+        batch = sorted(batch, key=lambda pending: pending[0].room)
+        try:
+            applied = await self._write([step for step, _ in batch])
+        except Exception as failure:
+            if len(batch) > 1 and _store_refused(failure):
+                # The store answered and refused something, maybe one event's step or
+                # record: each event on its own, so that only that one fails (the
+                # refused transaction committed nothing).
+                for pending in batch:
+                    await self._commit([pending])
+                return
+            if not isinstance(failure, ServiceUnavailable):
+                log.exception("session steps batch of %d failed", len(batch))
+            refusal = (
+                failure
+                if isinstance(failure, ServiceUnavailable)
+                else AuditUnavailable(type(failure).__name__)
+            )
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(refusal)
+            return
+        for (_, future), done in zip(batch, applied, strict=True):
+            if done is not None:
+                _observe(done)
+            if not future.done():
+                future.set_result(done is not None)
+
+    async def _write(self, steps: list[_Step]) -> list[_Applied | None]:
+        """Apply `steps` in order, and store the records of those that changed a
+        session, in one transaction."""
+
+        async def change(
+            session: AsyncSession,
+        ) -> tuple[list[_Applied | None], list[AuditEntry]]:
+            connection = await session.connection()
+            applied = [await _apply(connection, step) for step in steps]
+            entries = [
+                self._entry(done.event, done.facts, details=done.details)
+                for done in applied
+                if done is not None
+            ]
+            return applied, entries
+
+        applied, _ = await self._audit.change(change)
+        return applied
 
     # No-shows.
 
     async def check_no_shows(self) -> int:
         """One scan: claim, record and re-dispatch every no-show due; how many."""
         now = self._clock.now()
-        handled = 0
-        for facts in await store.claim_no_shows(
-            self._db, joined_before=now - self._timeout, now=now, limit=_SCAN_LIMIT
-        ):
-            await self._record(
-                AuditEvent.SESSION_AGENT_MISSING,
-                facts,
-                details={
-                    "timeout_seconds": self._timeout.total_seconds(),
-                    "after_redispatch": False,
-                },
-                undo={"no_show_stage": 0, "agent_missing_at": None},
+        due = now - self._timeout
+        timeout = self._timeout.total_seconds()
+
+        def missing(claimed: list[SessionFacts], *, after_redispatch: bool) -> list[AuditEntry]:
+            details = {"timeout_seconds": timeout, "after_redispatch": after_redispatch}
+            return [
+                self._entry(AuditEvent.SESSION_AGENT_MISSING, facts, details=details)
+                for facts in claimed
+            ]
+
+        async def claim(session: AsyncSession) -> tuple[list[SessionFacts], list[AuditEntry]]:
+            connection = await session.connection()
+            claimed = await store.claim_no_shows(
+                connection, joined_before=due, now=now, limit=_SCAN_LIMIT
             )
+            return claimed, missing(claimed, after_redispatch=False)
+
+        async def claim_again(
+            session: AsyncSession,
+        ) -> tuple[list[SessionFacts], list[AuditEntry]]:
+            # The one retry did not bring the agent either: recorded, not retried again.
+            connection = await session.connection()
+            claimed = await store.claim_retry_no_shows(
+                connection, missing_before=due, limit=_SCAN_LIMIT
+            )
+            return claimed, missing(claimed, after_redispatch=True)
+
+        first, _ = await self._audit.change(claim)
+        for facts in first:
             SESSION_NO_SHOWS.inc()
             await self._redispatch(facts)
-            handled += 1
-        for facts in await store.claim_retry_no_shows(
-            self._db, missing_before=now - self._timeout, limit=_SCAN_LIMIT
-        ):
-            # The one retry did not bring the agent either: recorded, not retried again.
-            await self._record(
-                AuditEvent.SESSION_AGENT_MISSING,
-                facts,
-                details={
-                    "timeout_seconds": self._timeout.total_seconds(),
-                    "after_redispatch": True,
-                },
-                undo={"no_show_stage": 1},
-            )
-            handled += 1
-        return handled
+        again, _ = await self._audit.change(claim_again)
+        return len(first) + len(again)
 
     async def _redispatch(self, facts: SessionFacts) -> None:
         try:
@@ -235,37 +227,43 @@ class SessionLifecycle:
                 extra={"room_name": facts.room_name, "error": type(exc).__name__},
             )
             SESSION_REDISPATCHES.labels("failed").inc()
-            await self._record(
-                AuditEvent.SESSION_REDISPATCHED,
-                facts,
-                outcome=Outcome.DENIED,
-                reason=f"dispatch failed: {type(exc).__name__}",
-                details={"dispatched": False},
+            await self._audit.append(
+                self._entry(
+                    AuditEvent.SESSION_REDISPATCHED,
+                    facts,
+                    outcome=Outcome.DENIED,
+                    reason=f"dispatch failed: {type(exc).__name__}",
+                    details={"dispatched": False},
+                )
             )
             return
         SESSION_REDISPATCHES.labels("dispatched").inc()
-        await store.note_redispatch(self._db, facts.session_id, dispatch_id)
-        await self._record(
+        entry = self._entry(
             AuditEvent.SESSION_REDISPATCHED,
             facts,
             details={"dispatched": True, "dispatch_id": dispatch_id},
         )
 
+        async def note(session: AsyncSession) -> tuple[None, list[AuditEntry]]:
+            await store.note_redispatch(await session.connection(), facts.session_id, dispatch_id)
+            return None, [entry]
+
+        await self._audit.change(note)
+
     # Records.
 
-    async def _record(
+    def _entry(
         self,
         event: AuditEvent,
         facts: SessionFacts,
         *,
         details: dict[str, Any],
-        undo: dict[str, Any] | None = None,
         outcome: Outcome = Outcome.RECORDED,
         reason: str | None = None,
-    ) -> None:
-        """The step's audit record, linked to the session by its room name and id (and to
-        the user and client app who started it); the step undone if it cannot be written."""
-        entry = AuditEntry(
+    ) -> AuditEntry:
+        """A step's audit record, linked to the session by its room name and id (and to
+        the user and client app who started it)."""
+        return AuditEntry(
             event=event,
             outcome=outcome,
             status=0,
@@ -280,16 +278,147 @@ class SessionLifecycle:
             room_name=facts.room_name,
             details={"session_id": facts.session_id, "room_sid": facts.room_sid, **details},
         )
-        try:
-            await self._audit.append(entry)
-        except AuditUnavailable:
-            if undo is not None:
-                await _quietly(lambda: store.restore(self._db, facts.session_id, undo))
-            raise
 
 
-async def _quietly(step: Callable[[], Awaitable[None]]) -> None:
-    try:
-        await step()
-    except Exception:
-        log.exception("could not undo a session step whose record failed")
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One event's step, queued for the step writer."""
+
+    event: str
+    room: str
+    room_sid: str | None
+    identity: str
+    sid: str
+    agent: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """A step that changed its session, and what its record says."""
+
+    event: AuditEvent
+    facts: SessionFacts
+    details: dict[str, Any]
+
+
+_Pending = tuple[_Step, "asyncio.Future[bool]"]
+
+
+def _step_of(event: WebhookFacts, now: datetime) -> _Step | None:
+    """The step an event may make; None for one that moves no session: an event LKPS
+    does not follow, a room without a name (or a start without its id), a participant
+    that is neither a client nor an agent (egress, ingress, SIP)."""
+    if event.event not in FOLLOWED or not event.room_name:
+        return None
+    if event.event == "room_started" and not event.room_sid:
+        return None
+    if event.event == "participant_joined" and event.kind not in _PARTICIPANTS:
+        return None
+    return _Step(
+        event=event.event,
+        room=event.room_name,
+        room_sid=event.room_sid or None,
+        identity=event.identity,
+        sid=event.participant_sid,
+        agent=event.agent,
+        at=now,
+    )
+
+
+async def _apply(connection: AsyncConnection, step: _Step) -> _Applied | None:
+    """`step`, applied on `connection`: what it changed, or None (applied before, or a
+    room LKPS did not grant)."""
+    details: dict[str, Any]
+    if step.event == "room_started":
+        assert step.room_sid is not None  # see `_step_of`
+        facts = await store.reopened(connection, step.room, room_sid=step.room_sid, now=step.at)
+        if facts is None:
+            await store.note_room(connection, step.room, step.room_sid)
+            return None
+        details = {
+            "room_sid": step.room_sid,
+            "original_room_sid": facts.room_sid,
+        }
+        return _Applied(AuditEvent.SESSION_REOPENED, facts, details)
+    if step.event == "room_finished":
+        facts = await store.ended(connection, step.room, room_sid=step.room_sid, now=step.at)
+        if facts is None:
+            return None
+        details = {
+            "final_state": facts.final_state,
+            "duration_seconds": facts.duration_seconds,
+            "agent_joined": facts.agent_joined_at is not None,
+            "redispatched": facts.no_show_stage > 0,
+        }
+        return _Applied(AuditEvent.SESSION_ENDED, facts, details)
+    if step.agent:
+        match = _JOB_IN_IDENTITY.fullmatch(step.identity)
+        job_id = match.group(1) if match else None
+        facts = await store.agent_joined(
+            connection,
+            step.room,
+            identity=step.identity,
+            sid=step.sid,
+            job_id=job_id,
+            room_sid=step.room_sid,
+            now=step.at,
+        )
+        if facts is None:
+            return None
+        details = {
+            "participant_identity": step.identity,
+            "participant_sid": step.sid,
+            "job_id": job_id,
+            "after_redispatch": facts.no_show_stage > 0,
+            "seconds_since_grant": facts.grant_to_agent_seconds,
+        }
+        return _Applied(AuditEvent.SESSION_AGENT_JOINED, facts, details)
+    facts = await store.client_joined(
+        connection,
+        step.room,
+        identity=step.identity,
+        sid=step.sid,
+        room_sid=step.room_sid,
+        now=step.at,
+    )
+    if facts is None:
+        return None
+    details = {"participant_identity": step.identity, "participant_sid": step.sid}
+    return _Applied(AuditEvent.SESSION_CLIENT_JOINED, facts, details)
+
+
+def _observe(done: _Applied) -> None:
+    """The metrics of a committed step."""
+    if done.event == AuditEvent.SESSION_AGENT_JOINED:
+        if (seconds := done.facts.grant_to_agent_seconds) is not None:
+            SESSION_AGENT_JOIN.observe(seconds)
+        if done.facts.no_show_stage > 0:
+            SESSION_REDISPATCH_JOINED.inc()
+    elif done.event == AuditEvent.SESSION_ENDED:
+        SESSIONS_ENDED.labels(done.facts.final_state or "granted").inc()
+
+
+# SQLSTATE classes of a store that is away or overwhelmed, not refusing one statement's
+# data: connection exceptions, insufficient resources, operator intervention (a
+# statement timeout among them), system errors.
+_STORE_AWAY = frozenset({"08", "53", "57", "58"})
+
+
+def _store_refused(failure: BaseException) -> bool:
+    """The store answered and refused a statement (a constraint, a trigger, a value it
+    cannot take), rather than being away or busy (a lost connection, SQLite's lock, a
+    timeout): then a batch's events are worth trying one at a time, and only then, since
+    each try would wait for a store that is away. Looked for along the failure's causes
+    (`AuditLog.change` wraps it)."""
+    seen: BaseException | None = failure
+    while seen is not None:
+        if isinstance(seen, DBAPIError):
+            state = str(getattr(seen.orig, "sqlstate", "") or "")
+            return not (
+                seen.connection_invalidated
+                or isinstance(seen, OperationalError)
+                or state[:2] in _STORE_AWAY
+            )
+        seen = seen.__cause__
+    return False

@@ -2,6 +2,9 @@
 audit writer (`lkps.store.audit`). Every step is one UPDATE that sets its column only while it is
 still null and returns the row it changed: the replica whose statement matched is the
 one that records the step, so a repeated or late event is recorded once, by one replica.
+Steps run on the caller's connection, inside the transaction that also stores their
+audit records (`AuditLog.change`): a step and its record are committed together or not
+at all.
 """
 
 from __future__ import annotations
@@ -10,8 +13,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, literal, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    bindparam,
+    case,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from lkps.sessions.records import (
     PROGRESS,
@@ -69,66 +82,124 @@ async def list_sessions(
 
 
 def _progressed(to: SessionState) -> ColumnElement[str]:
-    """The state after a step to `to`: forward only, never out of ended or reopened."""
-    earlier = [state.value for state in PROGRESS[: PROGRESS.index(to)]]
-    return case((SessionRow.state.in_(earlier), to.value), else_=SessionRow.state)
+    """The state after a step to `to`: forward only, never out of ended or reopened.
+    The states are LKPS's own names, written into the statement: an IN list of bound
+    values would be expanded anew on every execution."""
+    earlier = [SessionRow.state == literal_column(f"'{state.value}'") for state in PROGRESS]
+    return case((or_(*earlier[: PROGRESS.index(to)]), to.value), else_=SessionRow.state)
 
 
 async def _update_returning(
-    db: Database, where: list[ColumnElement[bool]], values: dict[str, Any]
+    connection: AsyncConnection, where: list[ColumnElement[bool]], values: dict[str, Any]
 ) -> list[SessionFacts]:
     statement = update(SessionRow).where(*where).values(**values).returning(*_COLUMNS)
-
-    async def run(connection: AsyncConnection) -> list[SessionFacts]:
-        return [_facts(row) for row in await connection.execute(statement)]
-
-    return await db.statement(run)
+    return [_facts(row) for row in await connection.execute(statement)]
 
 
-async def _one(
-    db: Database, where: list[ColumnElement[bool]], values: dict[str, Any]
+# The steps. Each statement is built once, with bound parameters: SQLAlchemy then finds
+# it compiled by its cache key, which it keeps on the statement, instead of building,
+# keying and looking up a new statement for every event (most of a step's CPU time).
+# They run on the caller's connection, in the transaction that also stores the step's
+# audit record (`lkps.sessions.lifecycle`).
+
+
+def _sid(name: str) -> BindParameter[str]:
+    # Bound with the column's type, as a plain comparison would: a bare value in a CASE
+    # is bound as VARCHAR, skipping PortableText's NUL escaping (PostgreSQL refused a
+    # signed event's sid with a NUL: 503).
+    return bindparam(name, type_=SessionRow.room_sid.type)
+
+
+# The room's LiveKit id, from the first event that carries it (None leaves it as it is).
+_FIRST_ROOM_SID = case(
+    (SessionRow.room_sid.is_(None), _sid("event_room_sid")), else_=SessionRow.room_sid
+)
+_NOW = bindparam("now", type_=SessionRow.ended_at.type)
+_ROOM = SessionRow.room_name == bindparam("room", type_=SessionRow.room_name.type)
+
+
+def _step(*where: ColumnElement[bool], **values: Any) -> ReturningUpdate[Any]:
+    return update(SessionRow).where(_ROOM, *where).values(**values).returning(*_COLUMNS)
+
+
+_CLIENT_JOINED = _step(
+    SessionRow.client_joined_at.is_(None),
+    client_joined_at=_NOW,
+    client_identity=bindparam("identity"),
+    client_sid=bindparam("sid"),
+    state=_progressed(SessionState.CLIENT_JOINED),
+    room_sid=_FIRST_ROOM_SID,
+)
+_AGENT_JOINED = _step(
+    SessionRow.agent_joined_at.is_(None),
+    agent_joined_at=_NOW,
+    agent_identity=bindparam("identity"),
+    agent_sid=bindparam("sid"),
+    job_id=bindparam("job"),
+    state=_progressed(SessionState.AGENT_JOINED),
+    room_sid=_FIRST_ROOM_SID,
+)
+_ENDED_VALUES: dict[str, Any] = {
+    "ended_at": _NOW,
+    "final_state": SessionRow.state,
+    "state": SessionState.ENDED.value,
+    "room_sid": _FIRST_ROOM_SID,
+}
+# The end of a room other than the session's own (its reopening) is not its end.
+_ENDED_IN_ROOM = _step(
+    SessionRow.ended_at.is_(None),
+    SessionRow.room_sid.is_(None) | (SessionRow.room_sid == _sid("event_room_sid")),
+    **_ENDED_VALUES,
+)
+_ENDED_ANY_ROOM = _step(SessionRow.ended_at.is_(None), **_ENDED_VALUES)
+_REOPENED = _step(
+    SessionRow.ended_at.is_not(None),
+    SessionRow.room_sid.is_not(None),
+    SessionRow.room_sid != _sid("event_room_sid"),
+    SessionRow.reopened_room_sid.is_(None)
+    | (SessionRow.reopened_room_sid != _sid("event_room_sid")),
+    reopened_at=_NOW,
+    reopened_room_sid=_sid("event_room_sid"),
+    state=SessionState.REOPENED.value,
+)
+_NOTE_ROOM = (
+    update(SessionRow)
+    .where(_ROOM, SessionRow.room_sid.is_(None))
+    .values(room_sid=_sid("event_room_sid"))
+)
+
+
+async def _first(
+    connection: AsyncConnection, statement: ReturningUpdate[Any], parameters: dict[str, Any]
 ) -> SessionFacts | None:
-    rows = await _update_returning(db, where, values)
-    return rows[0] if rows else None
-
-
-async def note_room(db: Database, room_name: str, room_sid: str) -> None:
-    """The room's LiveKit id, from the first event that carries it."""
-    await _update_returning(
-        db,
-        [SessionRow.room_name == room_name, SessionRow.room_sid.is_(None)],
-        {"room_sid": room_sid},
-    )
-
-
-def _room_sid(room_sid: str | None) -> dict[str, Any]:
-    if not room_sid:
-        return {}
-    # The value bound with the column's type, as a plain comparison would: a bare one
-    # in a CASE is bound as VARCHAR, skipping PortableText's NUL escaping (PostgreSQL
-    # refused a signed event's sid with a NUL: 503).
-    sid = literal(room_sid, SessionRow.room_sid.type)
-    return {"room_sid": case((SessionRow.room_sid.is_(None), sid), else_=SessionRow.room_sid)}
+    row = (await connection.execute(statement, parameters)).first()
+    return None if row is None else _facts(row)
 
 
 async def client_joined(
-    db: Database, room_name: str, *, identity: str, sid: str, room_sid: str | None, now: datetime
+    connection: AsyncConnection,
+    room_name: str,
+    *,
+    identity: str,
+    sid: str,
+    room_sid: str | None,
+    now: datetime,
 ) -> SessionFacts | None:
-    return await _one(
-        db,
-        [SessionRow.room_name == room_name, SessionRow.client_joined_at.is_(None)],
+    return await _first(
+        connection,
+        _CLIENT_JOINED,
         {
-            "client_joined_at": now,
-            "client_identity": identity,
-            "client_sid": sid,
-            "state": _progressed(SessionState.CLIENT_JOINED),
-            **_room_sid(room_sid),
+            "room": room_name,
+            "identity": identity,
+            "sid": sid,
+            "event_room_sid": room_sid,
+            "now": now,
         },
     )
 
 
 async def agent_joined(
-    db: Database,
+    connection: AsyncConnection,
     room_name: str,
     *,
     identity: str,
@@ -137,65 +208,48 @@ async def agent_joined(
     room_sid: str | None,
     now: datetime,
 ) -> SessionFacts | None:
-    return await _one(
-        db,
-        [SessionRow.room_name == room_name, SessionRow.agent_joined_at.is_(None)],
+    return await _first(
+        connection,
+        _AGENT_JOINED,
         {
-            "agent_joined_at": now,
-            "agent_identity": identity,
-            "agent_sid": sid,
-            "job_id": job_id,
-            "state": _progressed(SessionState.AGENT_JOINED),
-            **_room_sid(room_sid),
+            "room": room_name,
+            "identity": identity,
+            "sid": sid,
+            "job": job_id,
+            "event_room_sid": room_sid,
+            "now": now,
         },
     )
 
 
 async def ended(
-    db: Database, room_name: str, *, room_sid: str | None, now: datetime
+    connection: AsyncConnection, room_name: str, *, room_sid: str | None, now: datetime
 ) -> SessionFacts | None:
     """The session's first end. A room LiveKit recreated (reopened) ends as `ended`
     again, without a second end time: the session's end stays the first."""
-    conditions = [SessionRow.room_name == room_name, SessionRow.ended_at.is_(None)]
-    if room_sid:
-        # The end of a room other than the session's own (its reopening) is not its end.
-        conditions.append((SessionRow.room_sid.is_(None)) | (SessionRow.room_sid == room_sid))
-    return await _one(
-        db,
-        conditions,
-        {
-            "ended_at": now,
-            "final_state": SessionRow.state,
-            "state": SessionState.ENDED.value,
-            **_room_sid(room_sid),
-        },
+    statement = _ENDED_IN_ROOM if room_sid else _ENDED_ANY_ROOM
+    return await _first(
+        connection, statement, {"room": room_name, "event_room_sid": room_sid or None, "now": now}
     )
 
 
 async def reopened(
-    db: Database, room_name: str, *, room_sid: str, now: datetime
+    connection: AsyncConnection, room_name: str, *, room_sid: str, now: datetime
 ) -> SessionFacts | None:
     """A room of this name started again, with another LiveKit id, after the session
     ended: LiveKit recreated it from a token still valid. Once per recreated room."""
-    return await _one(
-        db,
-        [
-            SessionRow.room_name == room_name,
-            SessionRow.ended_at.is_not(None),
-            SessionRow.room_sid.is_not(None),
-            SessionRow.room_sid != room_sid,
-            SessionRow.reopened_room_sid.is_(None) | (SessionRow.reopened_room_sid != room_sid),
-        ],
-        {
-            "reopened_at": now,
-            "reopened_room_sid": room_sid,
-            "state": SessionState.REOPENED.value,
-        },
+    return await _first(
+        connection, _REOPENED, {"room": room_name, "event_room_sid": room_sid, "now": now}
     )
 
 
+async def note_room(connection: AsyncConnection, room_name: str, room_sid: str) -> None:
+    """The room's LiveKit id, from the first event that carries it."""
+    await connection.execute(_NOTE_ROOM, {"room": room_name, "event_room_sid": room_sid})
+
+
 async def claim_no_shows(
-    db: Database, *, joined_before: datetime, now: datetime, limit: int
+    connection: AsyncConnection, *, joined_before: datetime, now: datetime, limit: int
 ) -> list[SessionFacts]:
     """Sessions whose client joined before `joined_before` and whose agent has not:
     marked agent-missing (stage 1) by this one statement, so one replica alone handles
@@ -210,7 +264,7 @@ async def claim_no_shows(
         .limit(limit)
     )
     return await _update_returning(
-        db,
+        connection,
         [
             SessionRow.session_id.in_(waiting),
             SessionRow.no_show_stage == 0,
@@ -222,7 +276,7 @@ async def claim_no_shows(
 
 
 async def claim_retry_no_shows(
-    db: Database, *, missing_before: datetime, limit: int
+    connection: AsyncConnection, *, missing_before: datetime, limit: int
 ) -> list[SessionFacts]:
     """Sessions re-dispatched before `missing_before` whose agent still has not joined:
     stage 2, once, by one replica."""
@@ -236,7 +290,7 @@ async def claim_retry_no_shows(
         .limit(limit)
     )
     return await _update_returning(
-        db,
+        connection,
         [
             SessionRow.session_id.in_(waiting),
             SessionRow.no_show_stage == 1,
@@ -247,13 +301,7 @@ async def claim_retry_no_shows(
     )
 
 
-async def note_redispatch(db: Database, session_id: str, dispatch_id: str) -> None:
+async def note_redispatch(connection: AsyncConnection, session_id: str, dispatch_id: str) -> None:
     await _update_returning(
-        db, [SessionRow.session_id == session_id], {"redispatch_id": dispatch_id}
+        connection, [SessionRow.session_id == session_id], {"redispatch_id": dispatch_id}
     )
-
-
-async def restore(db: Database, session_id: str, values: dict[str, Any]) -> None:
-    """Put back what a step changed, when its audit record could not be written: the
-    step is then applied again, with its record, when LiveKit sends the event again."""
-    await _update_returning(db, [SessionRow.session_id == session_id], values)
