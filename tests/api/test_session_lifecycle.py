@@ -21,6 +21,7 @@ from tests.api.util import running_lkps
 from tests.api.webhooks import body_of, event, signature, signed
 from tests.backends import StoreSql
 from tests.conftest import AGENT, CLIENT_A, LIVEKIT_KEY, LIVEKIT_SECRET, FakeClock, Lkps
+from tests.livekit_double.fake_worker import FakeWorker
 
 pytestmark = pytest.mark.api
 
@@ -283,6 +284,45 @@ async def test_an_agent_missing_after_the_retry_is_recorded_and_not_retried_agai
     ended = json.loads((await lifecycle_records(lk))[-1].details or "{}")
     assert ended["final_state"] == "client_joined"
     assert ended["agent_joined"] is False and ended["redispatched"] is True
+
+
+async def test_an_agent_whose_job_a_worker_holds_is_not_dispatched_again(
+    lk: Lkps, clock: FakeClock, livekit: LiveKitDouble
+) -> None:
+    """A worker took the job, but its agent is slow to join (a cold start on a busy
+    host): the session is recorded as missing its agent, and no second job is made,
+    which would put two agents in the user's room (seen on a loaded CI machine)."""
+    registration = (await lk.register()).json()
+    async with FakeWorker(livekit, registration["token"], agent_name=AGENT) as worker:
+        started_session = await lk.start_session()
+        assert started_session.status_code == 200, started_session.text
+        session = started_session.json()
+        room = session["room_name"]
+        await livekit.join_async(session["participant_token"])
+        offer = await worker.next_offer()
+        await worker.answer(offer, identity="agent-slow")
+        job = await livekit.wait_for_job_async(AGENT, room=room)
+        dispatches_before = len(livekit.dispatches(room))
+        joined = event("participant_joined", room, created=clock.now(), identity="alice")
+        assert (await send(lk, joined)).status_code == 200
+        clock.advance(11)
+        await no_show_scan(lk)
+
+        records = await lifecycle_records(lk)
+        assert [r.event for r in records] == [
+            "session.client_joined",
+            "session.agent_missing",
+            "session.redispatched",
+        ]
+        assert json.loads(records[-1].details or "{}") == {
+            "session_id": session["session_id"],
+            "room_sid": "RM_original",
+            "dispatched": False,
+            "job_id": job.id,
+        }
+        assert records[-1].reason == f"not dispatched again: the agent's job {job.id} is under way"
+        assert len(livekit.dispatches(room)) == dispatches_before
+        assert len(livekit.jobs(AGENT, room)) == 1
 
 
 async def test_a_failed_redispatch_is_recorded_as_refused(

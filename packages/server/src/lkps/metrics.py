@@ -108,7 +108,8 @@ SESSION_NO_SHOWS = Counter(
 )
 SESSION_REDISPATCHES = Counter(
     "lkps_session_redispatches_total",
-    "Re-dispatches after a no-show, by outcome (dispatched, failed)",
+    "Re-dispatches after a no-show, by outcome (dispatched, failed, job_under_way: the "
+    "agent's first job was still held by a worker, so none was made)",
     ["outcome"],
 )
 SESSION_REDISPATCH_JOINED = Counter(

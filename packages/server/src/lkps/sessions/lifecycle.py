@@ -217,6 +217,19 @@ class SessionLifecycle:
         return len(first) + len(again)
 
     async def _redispatch(self, facts: SessionFacts) -> None:
+        if (job_id := await self._job_under_way(facts)) is not None:
+            # A worker holds the agent's job and has not finished it: the agent is slow
+            # to join, not lost. A second job would put two agents in the user's room.
+            SESSION_REDISPATCHES.labels("job_under_way").inc()
+            await self._audit.append(
+                self._entry(
+                    AuditEvent.SESSION_REDISPATCHED,
+                    facts,
+                    reason=f"not dispatched again: the agent's job {job_id} is under way",
+                    details={"dispatched": False, "job_id": job_id},
+                )
+            )
+            return
         try:
             dispatch_id = await self._dispatcher.dispatch(
                 agent_name=facts.agent_id, room=facts.room_name, metadata=facts.dispatch_metadata
@@ -249,6 +262,20 @@ class SessionLifecycle:
             return None, [entry]
 
         await self._audit.change(note)
+
+    async def _job_under_way(self, facts: SessionFacts) -> str | None:
+        """A job of the session's agent that a worker holds in its room; None when there
+        is none or LiveKit cannot say (then the re-dispatch goes ahead, as before)."""
+        try:
+            return await self._dispatcher.running_job(
+                agent_name=facts.agent_id, room=facts.room_name
+            )
+        except Exception as exc:
+            log.warning(
+                "could not list the room's dispatches",
+                extra={"room_name": facts.room_name, "error": type(exc).__name__},
+            )
+            return None
 
     # Records.
 
