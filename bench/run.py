@@ -1335,7 +1335,13 @@ def main() -> int:
                     bench_database(source / "packages" / "server" / "src")
                 )
                 spec = lkps_baseline(ids, baseline_db, args.workers, out, args.baseline, source)
-                measure_server(ctx, spec, label="empty store", paced_repeats=args.repeats)
+                measure_server(
+                    ctx,
+                    spec,
+                    label="empty store",
+                    paced_repeats=args.repeats,
+                    profile=args.profile,
+                )
             measure_server(
                 ctx,
                 lkps_uvicorn(ids, database, args.workers, out, False, "lkps-uvicorn"),
