@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from livekit import api, rtc
+from livekit import rtc
 
 from lkps_testkit import EntraDouble, ServerThread, TlsFiles
 from tests.backends import TestDatabase
@@ -177,11 +177,5 @@ async def test_a_full_worker_is_503_then_200_and_the_agent_joins(
         assert greeting == {"greeting": f"hello from {AGENT}", "metadata": metadata}
     finally:
         await room.disconnect()
-        # The room ends now, and the agent's job with it, rather than 30 s after the
-        # client left (its departure timeout): the agent, stopped next, drains that job
-        # before it exits.
-        async with api.LiveKitAPI(
-            livekit_server.http_url, livekit_server.api_key, livekit_server.api_secret
-        ) as lk:
-            await lk.room.delete_room(api.DeleteRoomRequest(room=session["room_name"]))
+        await livekit_server.end_room(session["room_name"])  # the agent stopped next drains no job
     assert example.running
