@@ -140,13 +140,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # outages), run one after another on one worker, beside the rest: two floods at once
 # would each measure the other. The agent and LiveKit tiers fix the load their workers
 # report (lkps-agent's load_fnc), so they need no idle machine and run in parallel.
+#
+# The grouping is done by the scheduler rather than by an `xdist_group` marker: xdist
+# 3.8 marks a grouped test by rewriting `item._nodeid`, which pytest 9 no longer reads
+# (a node's id is `_id`), so the marker grouped nothing and the fault tests ran on both
+# workers at once, test_replicas.py's module-scoped fleet started once per worker.
 SERIAL_TIERS = ("faults",)
-TESTS = Path(__file__).parent
+SERIAL_GROUP = "serial"
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    if item.path.relative_to(TESTS).parts[0] in SERIAL_TIERS:
-        item.add_marker(pytest.mark.xdist_group("serial"))
+def serial_scope(nodeid: str) -> str | None:
+    """The group a test of a serial tier runs in (`tests/<tier>/...`), else None."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    return SERIAL_GROUP if len(parts) > 2 and parts[1] in SERIAL_TIERS else None
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `--dist loadgroup`, xdist's group scheduling with the serial tiers as one
+    group; any other --dist is left to xdist."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling  # type: ignore[import-untyped]
+
+    class SerialTiersScheduling(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            scope: str = serial_scope(nodeid) or super()._split_scope(nodeid)
+            return scope
+
+    return SerialTiersScheduling(config, log)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import httpx
 import pytest
+from livekit import api
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "livekit-server"
@@ -57,6 +58,13 @@ class RealLiveKit(NamedTuple):
     def http_url(self) -> str:
         """The same server for the server APIs (`livekit.api.LiveKitAPI`)."""
         return "http" + self.url.removeprefix("ws")
+
+    async def end_room(self, room: str) -> None:
+        """End `room` now rather than after its departure timeout (30 s after the last
+        client left), and with it any agent job in it: an agent stopped afterwards has
+        no job to drain."""
+        async with api.LiveKitAPI(self.http_url, self.api_key, self.api_secret) as lk:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room))
 
 
 def livekit_server_required() -> bool:

@@ -98,6 +98,7 @@ async def test_the_agent_answers_a_client_through_a_real_livekit(
                 assert room.name == session.room_name
             finally:
                 await room.disconnect()
+                await livekit_server.end_room(session.room_name)  # the agent drains no job
             reports = agent.reports()
             assert [report["metadata"] for report in reports] == [metadata]
             assert reports[0]["room"] == session.room_name

@@ -149,7 +149,7 @@ def test_kill_9_of_the_agent_is_a_404_within_2_s(
 
 
 async def test_a_full_worker_is_503_then_200_and_the_agent_joins(
-    stack: tuple[Replica, AgentProcess, Path], entra: EntraDouble
+    stack: tuple[Replica, AgentProcess, Path], entra: EntraDouble, livekit_server: RealLiveKit
 ) -> None:
     lkps, example, load_file = stack
     await asyncio.to_thread(session_when_present, lkps.url, entra, {"warm": "up"})
@@ -177,4 +177,5 @@ async def test_a_full_worker_is_503_then_200_and_the_agent_joins(
         assert greeting == {"greeting": f"hello from {AGENT}", "metadata": metadata}
     finally:
         await room.disconnect()
+        await livekit_server.end_room(session["room_name"])  # the agent stopped next drains no job
     assert example.running

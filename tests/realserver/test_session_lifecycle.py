@@ -140,8 +140,7 @@ async def joined(url: str, token: str) -> AsyncIterator[rtc.Room]:
 
 async def end_room(stack: Stack, room: str) -> None:
     """End the room now rather than after its departure timeout."""
-    async with stack.server_api() as lk:
-        await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+    await stack.livekit.end_room(room)
 
 
 async def test_a_full_session_shows_every_step_and_its_duration(stack: Stack) -> None:

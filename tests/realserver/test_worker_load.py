@@ -238,12 +238,15 @@ async def test_an_agent_at_max_jobs_takes_no_session_until_one_ends(
                 second = await asyncio.to_thread(start_session, lkps.url, entra, {"n": 2})
                 async with client_in(second):
                     await refusals(livekit_server, AGENT, refused + 1)
-            # The first client left; its job ends when LiveKit closes the room, 30 s later
-            # (departure_timeout): then the worker takes sessions again.
+            # The first client left; its job ends with the room (ended here rather than
+            # by LiveKit 30 s later, its departure_timeout): then the worker takes
+            # sessions again.
+            await livekit_server.end_room(first.room_name)
             await agent_logged(agent, available, freed, timeout=90)
             third = await asyncio.to_thread(start_session, lkps.url, entra, {"n": 3})
             async with client_in(third) as greetings:
                 assert (await asyncio.wait_for(greetings.get(), 60))["metadata"] == {"n": 3}
+            await livekit_server.end_room(third.room_name)  # the agent stopped next drains no job
             # The second session's job never reached the agent (LiveKit does not retry).
             assert sorted(report["room"] for report in agent.reports()) == sorted(
                 [first.room_name, third.room_name]
