@@ -4,6 +4,7 @@
     python3 -m uv run python bench/run.py --large-store   # + 1,000,000 audit rows, 10,000 agents
     python3 -m uv run python bench/run.py --granian --profile --redis
     python3 -m uv run python bench/run.py --baseline origin/main  # before/after, one run
+    python3 -m uv run python bench/run.py --baseline c7ee5b6 --interleave 5  # drift-proof A/B
 
 What it does:
 
@@ -31,7 +32,10 @@ What it does:
 6. Options: --granian (LKPS's ASGI factory under granian instead of uvicorn), --redis
    (rate limits through Redis), --profile (py-spy on LKPS's workers during the full-speed
    run), --large-store (bulk-load 1,000,000 audit rows and 10,000 agents, then measure
-   LKPS again and compare).
+   LKPS again and compare), --interleave ROUNDS with --baseline (both servers up at once,
+   full-speed and fixed-rate runs alternating between them ROUNDS times, medians: on a
+   VM whose speed drifts by ±30 % between minutes, a before-then-after run measured the
+   drift, not the change).
 
 Prints the figures and the targets; writes results.json, summary.md, logs and profiles
 under bench/out/<timestamp>/.
@@ -1018,6 +1022,85 @@ def measure_server(
         ctx.children.stop(proc, timeout=40)
 
 
+@contextlib.contextmanager
+def serving(ctx: Context, spec: ServerSpec) -> Iterator[int]:
+    """`spec` started, ready, its agent kept present and its token caches warm; yields
+    its pid, and stops it on the way out."""
+    proc = ctx.children.start(spec.name, spec.argv, env=spec.env, cwd=ROOT)
+    keeper: AgentKeeper | None = None
+    try:
+        wait_ready(spec, proc)
+        keeper = AgentKeeper(spec.url, ctx.ids.agent_token, ctx.ids.agent_id).__enter__()
+        ctx.server_pid = proc.pid
+        check_one_request(ctx, spec)
+        warm_up(ctx, spec)
+        yield proc.pid
+    finally:
+        if keeper is not None:
+            keeper.__exit__()
+        ctx.children.stop(proc, timeout=40)
+
+
+def interleaved(ctx: Context, servers: list[tuple[ServerSpec, str]], rounds: int) -> dict[str, Any]:
+    """Before/after on a machine whose speed drifts: both servers run at once (each idle
+    while the other is measured), and `rounds` full-speed and fixed-rate runs alternate
+    between them, the order swapped every round, so that drift falls on both alike.
+    Medians per server; `servers`: (spec, its database)."""
+    args = ctx.args
+    runs: dict[str, list[dict[str, Any]]] = {spec.name: [] for spec, _ in servers}
+    with contextlib.ExitStack() as stack:
+        pids = {}
+        for spec, database in servers:
+            say(f"\n== interleaved: starting {spec.name}, {args.workers} workers, {spec.url}")
+            ctx.database = database
+            pids[spec.name] = stack.enter_context(serving(ctx, spec))
+        for round_ in range(rounds):
+            order = servers if round_ % 2 == 0 else servers[::-1]
+            for spec, database in order:
+                ctx.server_pid, ctx.database = pids[spec.name], database
+                full = run_wrk(ctx, spec, args.duration, measure=True, profile_to=None)
+                paced = run_paced(ctx, spec)
+                runs[spec.name].append({"full_speed": full, "paced": paced})
+                say(
+                    f"   round {round_ + 1} {spec.name}: {full['throughput_rps']:.0f} req/s, "
+                    f"worker CPU {full['cpu_ms_per_request']['server workers']} ms/request, "
+                    f"PostgreSQL {full['cpu_ms_per_request']['postgres']} ms/request; "
+                    f"{args.rate:.0f} req/s p99 {paced['latency_ms']['p99']} ms; "
+                    f"other {full['cpu_cores'].get('other', 0.0)} cores"
+                )
+    summary: dict[str, Any] = {}
+    for name, measured in runs.items():
+        summary[name] = {
+            "throughput_rps": statistics.median(
+                r["full_speed"]["throughput_rps"] for r in measured
+            ),
+            "worker_cpu_ms": statistics.median(
+                r["full_speed"]["cpu_ms_per_request"]["server workers"] for r in measured
+            ),
+            "postgres_cpu_ms": statistics.median(
+                r["full_speed"]["cpu_ms_per_request"]["postgres"] for r in measured
+            ),
+            "paced_p99_ms": statistics.median(r["paced"]["latency_ms"]["p99"] for r in measured),
+            "runs": measured,
+        }
+    (before, _), (after, _) = servers
+    a, b = summary[before.name], summary[after.name]
+    say(f"\ninterleaved, {rounds} rounds, medians:")
+    for name in (before.name, after.name):
+        m = summary[name]
+        say(
+            f"   {name}: {m['throughput_rps']:.0f} req/s, worker CPU {m['worker_cpu_ms']:.3f} "
+            f"ms/request, PostgreSQL {m['postgres_cpu_ms']:.3f} ms/request, "
+            f"p99 at {args.rate:.0f} req/s {m['paced_p99_ms']:.1f} ms"
+        )
+    say(
+        f"   change: throughput {100 * (b['throughput_rps'] / a['throughput_rps'] - 1):+.1f} %, "
+        f"worker CPU per request {100 * (b['worker_cpu_ms'] / a['worker_cpu_ms'] - 1):+.1f} %, "
+        f"p99 at {args.rate:.0f} req/s {a['paced_p99_ms']:.1f} -> {b['paced_p99_ms']:.1f} ms"
+    )
+    return summary
+
+
 # --- Report ----------------------------------------------------------------------
 
 
@@ -1214,6 +1297,14 @@ def parse_args() -> argparse.Namespace:
         metavar="REV",
         help="also LKPS at git revision REV, measured first: before/after in one run",
     )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="with --baseline: both servers at once, ROUNDS alternating full-speed and "
+        "fixed-rate runs each, medians (for a machine whose speed drifts); nothing else",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy LKPS at full speed")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
     parser.add_argument(
@@ -1335,6 +1426,13 @@ def main() -> int:
                     bench_database(source / "packages" / "server" / "src")
                 )
                 spec = lkps_baseline(ids, baseline_db, args.workers, out, args.baseline, source)
+                if args.interleave:
+                    current = lkps_uvicorn(ids, database, args.workers, out, False, "lkps-uvicorn")
+                    summary = interleaved(
+                        ctx, [(spec, baseline_db), (current, database)], args.interleave
+                    )
+                    (out / "interleaved.json").write_text(json.dumps(summary, indent=2))
+                    return 0
                 measure_server(
                     ctx,
                     spec,
