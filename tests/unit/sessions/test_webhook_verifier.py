@@ -55,15 +55,23 @@ def claims_for(body: str, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
-BODY = webhook_body(
-    webhook_event(
-        "participant_joined", "room-1", created=datetime.now(UTC), identity="agent-AJ_x", agent=True
+def fresh_body() -> str:
+    """An event created now: built per test, since a module built at import time can run
+    its tests minutes later (the suite runs in parallel), past the freshness window."""
+    return webhook_body(
+        webhook_event(
+            "participant_joined",
+            "room-1",
+            created=datetime.now(UTC),
+            identity="agent-AJ_x",
+            agent=True,
+        )
     )
-)
 
 
 def test_an_event_signed_as_livekit_signs_it_is_read() -> None:
-    facts = verifier().verify(BODY.encode(), webhook_signature(BODY, key=KEY, secret=SECRET))
+    body = fresh_body()
+    facts = verifier().verify(body.encode(), webhook_signature(body, key=KEY, secret=SECRET))
     assert (facts.event, facts.room_name, facts.room_sid) == (
         "participant_joined",
         "room-1",
@@ -73,41 +81,45 @@ def test_an_event_signed_as_livekit_signs_it_is_read() -> None:
     assert facts.kind == ParticipantInfo.Kind.AGENT
 
 
-HOSTILE_TOKENS = {
-    "alg none": token(claims_for(BODY), header={"alg": "none"}),
-    "HS512": token(claims_for(BODY), header={"alg": "HS512"}),
-    "crit header": token(claims_for(BODY), header={"alg": "HS256", "crit": ["x"]}),
-    "another secret": token(claims_for(BODY), secret="another-secret-long-enough-for-hs256!!"),
-    "another issuer": token(claims_for(BODY, iss="APIother")),
-    "no issuer": token({k: v for k, v in claims_for(BODY).items() if k != "iss"}),
-    "no expiry": token(claims_for(BODY, exp=None)),
-    "expired beyond the leeway": token(claims_for(BODY, exp=int(time.time()) - 61)),
-    "expiry true": token(claims_for(BODY, exp=True)),
-    "not yet valid": token(claims_for(BODY, nbf=int(time.time()) + 120)),
-    "issued in the future": token(claims_for(BODY, iat=int(time.time()) + 120)),
-    "no digest": token(claims_for(BODY, sha256=None)),
-    "digest of another body": token(claims_for(BODY + " ")),
-    "digest not base64": token(claims_for(BODY, sha256="%%%")),
-    "digest not text": token(claims_for(BODY, sha256=12)),
-    "two parts": "a.b",
-    "not ascii": "é.é.é",
-    "payload not JSON": "e30.bm90IGpzb24.c2ln",
-}
+def hostile_tokens(body: str) -> dict[str, str]:
+    """Each built at call time: their expiries and not-befores are relative to now."""
+    return {
+        "alg none": token(claims_for(body), header={"alg": "none"}),
+        "HS512": token(claims_for(body), header={"alg": "HS512"}),
+        "crit header": token(claims_for(body), header={"alg": "HS256", "crit": ["x"]}),
+        "another secret": token(claims_for(body), secret="another-secret-long-enough-for-hs256!!"),
+        "another issuer": token(claims_for(body, iss="APIother")),
+        "no issuer": token({k: v for k, v in claims_for(body).items() if k != "iss"}),
+        "no expiry": token(claims_for(body, exp=None)),
+        "expired beyond the leeway": token(claims_for(body, exp=int(time.time()) - 61)),
+        "expiry true": token(claims_for(body, exp=True)),
+        "not yet valid": token(claims_for(body, nbf=int(time.time()) + 120)),
+        "issued in the future": token(claims_for(body, iat=int(time.time()) + 120)),
+        "no digest": token(claims_for(body, sha256=None)),
+        "digest of another body": token(claims_for(body + " ")),
+        "digest not base64": token(claims_for(body, sha256="%%%")),
+        "digest not text": token(claims_for(body, sha256=12)),
+        "two parts": "a.b",
+        "not ascii": "é.é.é",
+        "payload not JSON": "e30.bm90IGpzb24.c2ln",
+    }
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE_TOKENS))
+@pytest.mark.parametrize("name", sorted(hostile_tokens("")))
 def test_what_livekits_receiver_refuses_is_refused(name: str) -> None:
-    hostile = HOSTILE_TOKENS[name]
+    body = fresh_body()
+    hostile = hostile_tokens(body)[name]
     with pytest.raises(Exception):  # noqa: B017, PT011 (the receiver raises many kinds)
-        WebhookReceiver(TokenVerifier(KEY, SECRET)).receive(BODY, hostile)
+        WebhookReceiver(TokenVerifier(KEY, SECRET)).receive(body, hostile)
     with pytest.raises(Unauthenticated):
-        verifier().verify(BODY.encode(), hostile)
+        verifier().verify(body.encode(), hostile)
 
 
 def test_a_token_within_the_leeway_is_accepted_as_by_the_receiver() -> None:
-    late = token(claims_for(BODY, exp=int(time.time()) - 30))
-    WebhookReceiver(TokenVerifier(KEY, SECRET)).receive(BODY, late)
-    assert verifier().verify(BODY.encode(), late).event == "participant_joined"
+    body = fresh_body()
+    late = token(claims_for(body, exp=int(time.time()) - 30))
+    WebhookReceiver(TokenVerifier(KEY, SECRET)).receive(body, late)
+    assert verifier().verify(body.encode(), late).event == "participant_joined"
 
 
 @pytest.mark.parametrize(
