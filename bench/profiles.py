@@ -109,3 +109,26 @@ def as_text(summary: dict[str, Any]) -> str:
         lines += ["", f"{title}:"]
         lines += [f"  {pct:5.1f}%  {name}" for name, pct in summary.get(key, [])]
     return "\n".join(lines) + "\n"
+
+
+def py_spy_record(spy: str, pid: int, seconds: float, output: Path) -> list[str]:
+    """The py-spy command both benchmarks record with: `pid` and its worker processes,
+    sampled without pausing them, as raw collapsed stacks for `summarize`."""
+    return [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--duration",
+        str(max(1, int(seconds) - 4)),
+        "--rate",
+        "100",
+        "--nonblocking",
+        "--full-filenames",
+        "--nolineno",
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+    ]

@@ -695,24 +695,7 @@ def run_wrk(
         time.sleep(2)
         spy = ctx.children.start(
             f"py-spy-{spec.name}",
-            [
-                ctx.profile_spy,
-                "record",
-                "--pid",
-                str(root),
-                "--subprocesses",
-                "--duration",
-                str(max(1, int(duration) - 4)),
-                "--rate",
-                "100",
-                "--nonblocking",
-                "--full-filenames",
-                "--nolineno",
-                "--format",
-                "raw",
-                "--output",
-                str(profile_to),
-            ],
+            profiles.py_spy_record(ctx.profile_spy, root, duration, profile_to),
         )
     try:
         stdout, _ = proc.communicate(timeout=duration + 60)

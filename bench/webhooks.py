@@ -55,6 +55,7 @@ from run import (
     wait_ready,
 )
 
+from lkps.store.audit import GRANTED_SESSION_COLUMNS
 from lkps_testkit import EntraDouble, ServerThread
 from lkps_testkit.livekit.webhooks import webhook_body, webhook_event, webhook_signature
 
@@ -87,21 +88,7 @@ async def insert_sessions(database: str, agent_id: str, count: int) -> list[tupl
         await connection.copy_records_to_table(
             "sessions",
             records=rows,
-            columns=[
-                "session_id",
-                "room_name",
-                "agent_id",
-                "state",
-                "via",
-                "actor_tenant_id",
-                "actor_object_id",
-                "actor_cwid",
-                "client_app_id",
-                "app_only",
-                "dispatch_metadata",
-                "granted_at",
-                "no_show_stage",
-            ],
+            columns=list(GRANTED_SESSION_COLUMNS),
         )
         states = await connection.fetch("SELECT state, count(*) FROM sessions GROUP BY state")
         say(f"sessions inserted: {dict((r[0], r[1]) for r in states)}")
@@ -216,25 +203,7 @@ def start_profile(
         return None
     time.sleep(2)
     return children.start(
-        "py-spy",
-        [
-            spy,
-            "record",
-            "--pid",
-            str(root),
-            "--subprocesses",
-            "--duration",
-            str(max(1, int(duration) - 4)),
-            "--rate",
-            "100",
-            "--nonblocking",
-            "--full-filenames",
-            "--nolineno",
-            "--format",
-            "raw",
-            "--output",
-            str(out / "profile.txt"),
-        ],
+        "py-spy", profiles.py_spy_record(spy, root, duration, out / "profile.txt")
     )
 
 
