@@ -16,6 +16,13 @@ the answer (a plain table, autocommit, no hash chain, no batching). It is the ya
 for what LKPS's own work costs beyond what any durable token server pays.
 
     BARE_DATABASE_URL=postgresql://... uvicorn bare_app:durable_app --app-dir bench
+
+Both also receive LiveKit's webhooks (`POST /api/livekit/webhook`, for bench/webhooks.py
+`--server bare|durable`): `app` verifies each with livekit-api's `WebhookReceiver`, as
+LKPS does, and answers; `durable_app` then applies a followed event as the least a
+receiver that keeps a session's steps must: one conditional UPDATE of the session's row
+in LKPS's sessions table and, when it changed the row, one insert, in one transaction
+per event (no batching, no hash chain, no metrics, no request ids).
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from livekit.api import AccessToken, VideoGrants
+from livekit.api import AccessToken, TokenVerifier, VideoGrants, WebhookReceiver
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.room import RoomConfiguration
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -96,6 +104,18 @@ async def start(request: Request) -> JSONResponse:
     return started(room, jwt, uuid.uuid4(), expires_at)
 
 
+_RECEIVER = WebhookReceiver(TokenVerifier(API_KEY, API_SECRET))
+
+
+def received(body: bytes, authorization: str) -> Any:
+    return _RECEIVER.receive(body.decode(), authorization.removeprefix("Bearer ").strip())
+
+
+async def webhook(request: Request) -> JSONResponse:
+    received(await request.body(), request.headers.get("authorization", ""))
+    return JSONResponse({"applied": False})
+
+
 _POOL: asyncpg.Pool | None = None
 # The agent's row (the benchmark registered it; its registrations may have lapsed by the
 # time this runs, and a 404 would skip the insert).
@@ -114,6 +134,38 @@ async def start_durably(request: Request) -> JSONResponse:
         session_id = uuid.uuid4()
         await connection.execute(_RECORD, session_id, datetime.now(UTC), room)
     return started(room, jwt, session_id, expires_at)
+
+
+# A step per followed event: its column set once, while it is still null. The columns
+# are these three names, never input.
+_STEPS = {
+    column: f"UPDATE sessions SET {column} = $2 WHERE room_name = $1 AND {column} IS NULL"  # noqa: S608
+    " RETURNING session_id"
+    for column in ("client_joined_at", "agent_joined_at", "ended_at")
+}
+
+
+def step_column(event: Any) -> str | None:
+    if event.event == "room_finished":
+        return "ended_at"
+    if event.event == "participant_joined":
+        agent = event.participant.kind == ParticipantInfo.Kind.AGENT
+        return "agent_joined_at" if agent else "client_joined_at"
+    return None
+
+
+async def webhook_durably(request: Request) -> JSONResponse:
+    assert _POOL is not None
+    event = received(await request.body(), request.headers.get("authorization", ""))
+    column = step_column(event)
+    if column is None:
+        return JSONResponse({"applied": False})
+    now = datetime.now(UTC)
+    async with _POOL.acquire() as connection, connection.transaction():
+        changed = await connection.fetchval(_STEPS[column], event.room.name, now)
+        if changed is not None:
+            await connection.execute(_RECORD, uuid.uuid4(), now, event.room.name)
+    return JSONResponse({"applied": changed is not None})
 
 
 @asynccontextmanager
@@ -137,6 +189,7 @@ async def ready(_: Request) -> JSONResponse:
 app = Starlette(
     routes=[
         Route("/api/session/start", start, methods=["POST"]),
+        Route("/api/livekit/webhook", webhook, methods=["POST"]),
         Route("/api/health/ready", ready),
     ]
 )
@@ -144,6 +197,7 @@ app = Starlette(
 durable_app = Starlette(
     routes=[
         Route("/api/session/start", start_durably, methods=["POST"]),
+        Route("/api/livekit/webhook", webhook_durably, methods=["POST"]),
         Route("/api/health/ready", ready),
     ],
     lifespan=database,

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procs
 import profiles
+from bare_app import API_KEY as BARE_API_KEY
 from run import (
     AUDIENCE,
     BENCH,
@@ -46,6 +47,8 @@ from run import (
     PG_PORT,
     PG_USER,
     ROOT,
+    bare_durable_uvicorn,
+    bare_uvicorn,
     bench_database,
     ensure_postgres,
     find_py_spy,
@@ -222,6 +225,13 @@ def main() -> int:
         action="store_true",
         help="send only track_published events (the request path without the store)",
     )
+    parser.add_argument(
+        "--server",
+        choices=("lkps", "bare", "durable"),
+        default="lkps",
+        help="the yardsticks of bench/bare_app.py instead of LKPS: `bare` verifies each "
+        "webhook and answers; `durable` also applies it, an UPDATE and an insert per event",
+    )
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -233,10 +243,19 @@ def main() -> int:
             entra = EntraDouble()
             entra_server = stack.enter_context(ServerThread(entra.asgi_app()))
             ids = make_identities(entra, entra_server.url, out)
-            spec = lkps_uvicorn(ids, database, args.workers, out, False, "lkps-webhooks")
-            # No re-dispatch during the run: the bench's LiveKit URL leads nowhere.
-            spec.env["LKPS_AGENT_JOIN_TIMEOUT_SECONDS"] = "3600"
-            key, secret = spec.env["LKPS_LIVEKIT_API_KEY"], spec.env["LKPS_LIVEKIT_API_SECRET"]
+            if args.server == "lkps":
+                spec = lkps_uvicorn(ids, database, args.workers, out, False, "lkps-webhooks")
+                # No re-dispatch during the run: the bench's LiveKit URL leads nowhere.
+                spec.env["LKPS_AGENT_JOIN_TIMEOUT_SECONDS"] = "3600"
+                key = spec.env["LKPS_LIVEKIT_API_KEY"]
+                secret = spec.env["LKPS_LIVEKIT_API_SECRET"]
+            else:
+                spec = (
+                    bare_uvicorn(args.workers)
+                    if args.server == "bare"
+                    else bare_durable_uvicorn(args.workers, database)
+                )
+                key, secret = BARE_API_KEY, spec.env["BARE_LIVEKIT_API_SECRET"]
             count = int(args.rate * args.duration / 3) + 1
             sessions = asyncio.run(insert_sessions(database, ids.agent_id, count + 200))
             loaded, probed = sessions[:count], sessions[count:]
@@ -252,7 +271,8 @@ def main() -> int:
                 username="bench.auditor",
                 roles=["LKPS.Auditor"],
             )
-            probe = Probe(spec.url, auditor, probed, key, secret)
+            # The yardsticks serve no sessions to read back: no probe.
+            probe = Probe(spec.url, auditor, probed if spec.kind == "lkps" else [], key, secret)
             workers = procs.worker_pids(server.pid)
             load_before = os.getloadavg()
             postgres = procs.PostgresCpu(database).__enter__()
@@ -319,6 +339,8 @@ def main() -> int:
         say(f"profile: {out / 'profile-summary.txt'}")
     (out / "webhooks.json").write_text(json.dumps(result, indent=2))
     say(json.dumps(result, indent=2))
+    if spec.kind != "lkps":
+        say(f"{spec.name}: {result['events_per_s']:,} webhook events/s (a yardstick)")
     ok = result["events_per_s"] >= 2000 and delays and delays[-1] <= 1.0
     say(
         f"{result['events_per_s']:,} webhook events/s on {args.workers} workers "
