@@ -130,6 +130,19 @@ class RootFilesystem:
             shutil.copystat(path, target)
 
 
+def base_interpreter(venv: str) -> str:
+    """The interpreter as the virtual environment names it: where its `bin/python`'s
+    chain of links (python -> python3 -> /usr/bin/python3 ...) first leaves it."""
+    path = os.path.join(venv, "bin", "python")
+    inside = venv.rstrip("/") + "/"
+    while os.path.islink(path):
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+        if not path.startswith(inside):
+            return path
+    base: str = getattr(sys, "_base_executable", sys.executable)
+    return base  # an environment made with copies: the base's own interpreter
+
+
 def stdlib_directories() -> list[str]:
     """Where the standard library is: its pure modules (os's directory) and its compiled
     ones (lib-dynload), by the interpreter's own paths (in a virtual environment
@@ -264,10 +277,8 @@ def main() -> None:
         return
     dest, venv = Path(sys.argv[1]), sys.argv[2]
     dest.mkdir(parents=True, exist_ok=True)
-    interpreter = os.path.join(venv, "bin", "python")
     rootfs = RootFilesystem(dest)
-    # The interpreter as the virtual environment names it (a chain of links).
-    rootfs.add(os.readlink(interpreter) if os.path.islink(interpreter) else sys.executable)
+    rootfs.add(base_interpreter(venv))
     for entry in stdlib_entries():
         rootfs.add(entry)
     for entry in SYSTEM_FILES:
