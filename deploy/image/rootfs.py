@@ -7,7 +7,8 @@ runs on, and nothing else.
 Run by the Dockerfile's build stage with the base image's `python3` (the interpreter the
 virtual environment VENV was made with). DEST receives, at their own paths, the
 interpreter, its standard library (without its tests, IDLE, Tk, ensurepip, lib2to3 and
-the base's own site-packages, where pip lives), every shared library that the
+the base's own site-packages, where pip lives; compiled where the base has no bytecode),
+every shared library that the
 interpreter, the standard library's extensions and VENV's extensions load (their `ldd`
 closure, with the dynamic loader and `libgcc_s`, which glibc loads when a thread exits),
 the CA certificates and the few files glibc and Python read from /etc, an `/etc/passwd`
@@ -25,6 +26,7 @@ whichever base image the build names.
 
 from __future__ import annotations
 
+import compileall
 import importlib
 import os
 import shutil
@@ -51,9 +53,20 @@ STDLIB_EXCLUDED = frozenset(
         "dist-packages",
     }
 )
-# Extension modules of the standard library left out with the packages above (Tk's
-# bindings would otherwise pull in X11).
-EXTENSIONS_EXCLUDED = ("_tkinter.",)
+
+
+# Left out wherever they are: Tk's bindings (they would pull in X11), the test suites
+# some standard-library packages carry (unittest/test, ctypes/test, ...), and bytecode
+# for `python -O`, which LKPS never runs with.
+def left_out(path: str) -> bool:
+    name = os.path.basename(path)
+    return (
+        name.startswith("_tkinter.")
+        or name in ("test", "tests", "idle_test")
+        or name.endswith((".opt-1.pyc", ".opt-2.pyc"))
+    )
+
+
 # Files of the base that the runtime reads when they exist: TLS trust (OpenSSL's default
 # directory links into /etc/ssl), name resolution, the loader's search path, and
 # Debian's sitecustomize hook.
@@ -89,11 +102,7 @@ class RootFilesystem:
     def add(self, path: str) -> None:
         """Copy `path`: a file, a link and its target, or a directory and all it holds."""
         path = os.path.normpath(path)
-        if (
-            path in self.seen
-            or not os.path.lexists(path)
-            or os.path.basename(path).startswith(EXTENSIONS_EXCLUDED)
-        ):
+        if path in self.seen or not os.path.lexists(path) or left_out(path):
             return
         self.seen.add(path)
         self.add_directory(os.path.dirname(path))
@@ -221,6 +230,16 @@ def gcc_runtime() -> list[str]:
     ][:1]
 
 
+def compile_stdlib(dest: Path) -> None:
+    """Bytecode for every standard-library module that has none (the python images
+    delete theirs; Debian's are kept): on a read-only root filesystem nothing can write
+    it later, and each worker process would compile what it imports at every start."""
+    for directory in stdlib_directories():
+        compileall.compile_dir(
+            str(dest / directory.lstrip("/")), ddir=directory, quiet=1, workers=0
+        )
+
+
 def write_users(dest: Path) -> None:
     """root and lkps, the image's user (a fixed number: Kubernetes' runAsNonRoot checks
     numbers), with no login shell."""
@@ -289,6 +308,7 @@ def main() -> None:
             rootfs.add(library)
     write_users(dest)
     write_mount_points(dest)
+    compile_stdlib(dest)
     # The loader's cache for the libraries DEST holds (a base may keep libpython in a
     # directory only /etc/ld.so.conf names, as the python images do in /usr/local/lib).
     subprocess.run(["ldconfig", "-r", str(dest)], check=True)  # noqa: S603, S607

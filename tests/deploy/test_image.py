@@ -113,6 +113,10 @@ def test_the_runtime_is_the_interpreter_and_what_it_loads(rootfs: Path) -> None:
     assert any(name.startswith("ld-linux") for name in libraries)
     assert not [path for path in rootfs.rglob("*") if path.name in ("pip", "ensurepip", "test")]
     assert not list(rootfs.rglob("_tkinter*"))
+    # Bytecode for the standard library (a read-only root cannot take it later), none
+    # for `python -O`.
+    assert list(rootfs.rglob("__pycache__/os.cpython-*.pyc"))
+    assert not list(rootfs.rglob("*.opt-[12].pyc"))
     for tool in ("sh", "bash", "apt", "apt-get", "dpkg", "gcc", "ldd", "ldconfig"):
         assert not list(rootfs.rglob(tool)), tool
     passwd = (rootfs / "etc" / "passwd").read_text()
