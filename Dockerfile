@@ -5,14 +5,18 @@
 #   docker run --read-only --tmpfs /tmp -e LKPS_... lkps        (docs/deployment.md)
 #
 # Two stages: uv installs the locked dependencies and the lkps wheel into a virtual
-# environment at /opt/lkps; the final stage is the same base image with that directory
-# and nothing else (no uv, no compilers: every locked dependency ships a wheel). The
-# root filesystem can be read-only: bytecode is compiled at build time, and `lkps serve`
-# writes only under /tmp (the metrics of its worker processes), so mount a tmpfs there.
+# environment at /opt/lkps, and deploy/image/rootfs.py gathers from the base image what
+# that environment runs on (the interpreter, the standard library, the shared libraries
+# they and the wheels load, CA certificates, /etc/passwd); the final stage is `scratch`
+# with those two directories and nothing else: no shell, no package manager, no uv, no
+# compilers (every locked dependency ships a wheel). The root filesystem can be
+# read-only: bytecode is compiled at build time, and `lkps serve` writes only under /tmp
+# (the metrics of its worker processes), so mount a tmpfs there.
 #
 # Both images are arguments so that a site with its own registry (or none: tests/deploy
 # and docs/deployment.md build from a Debian root filesystem made by mmdebstrap) can
-# substitute them. BASE_IMAGE must provide python3 (3.11+) on PATH, the same in both stages.
+# substitute them. BASE_IMAGE must provide python3 (3.11+) on PATH, with glibc's `ldd`
+# and `ldconfig` (any Debian or Ubuntu based image does).
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
@@ -56,16 +60,18 @@ RUN --mount=type=secret,id=ca \
     && uv sync --locked --no-dev --no-editable --package lkps \
     && find /opt/lkps -name '*.so*' -type f -exec strip --strip-unneeded {} + \
     && /opt/lkps/bin/lkps --help >/dev/null
+# The runtime's root filesystem, by the environment's interpreter (the base's python3).
+COPY deploy/image/rootfs.py /src/rootfs.py
+RUN /opt/lkps/bin/python /src/rootfs.py /rootfs /opt/lkps
 
-FROM ${BASE_IMAGE}
-# A fixed numeric user (Kubernetes' runAsNonRoot checks numbers), owning nothing in the
-# image: the code is root's and read-only to it.
-RUN groupadd --gid 10001 lkps \
-    && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /var/lib/lkps --no-create-home \
-       --shell /usr/sbin/nologin lkps \
-    && mkdir -p /var/lib/lkps
+FROM scratch
+# The runtime (the base's interpreter and libraries; a layer that changes with the base),
+# then LKPS and its dependencies. A fixed numeric user (Kubernetes' runAsNonRoot checks
+# numbers), owning nothing in the image: the code is root's and read-only to it.
+COPY --from=build /rootfs /
 COPY --from=build /opt/lkps /opt/lkps
-ENV PATH=/opt/lkps/bin:$PATH \
+ENV PATH=/opt/lkps/bin:/usr/local/bin:/usr/bin:/bin \
+    LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LKPS_HOST=0.0.0.0 \
@@ -73,6 +79,10 @@ ENV PATH=/opt/lkps/bin:$PATH \
     LKPS_METRICS_PORT=9464
 WORKDIR /var/lib/lkps
 USER 10001:10001
+# Every compiled module of the standard library and the environment imports here, as the
+# user LKPS runs as: a shared library the runtime lacks fails the build, not a request.
+RUN --mount=type=bind,from=build,source=/src/rootfs.py,target=/tmp/rootfs.py \
+    ["python3", "/tmp/rootfs.py", "--check"]
 EXPOSE 8080 9464
 # Liveness, as Kubernetes' probe asks it (the chart uses its own probes; this serves
 # docker and podman). No curl in the image: the interpreter LKPS runs on asks.

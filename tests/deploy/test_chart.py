@@ -293,8 +293,14 @@ def test_pods_run_locked_down_and_stop_gracefully(docs: list[dict[str, Any]]) ->
         assert security["allowPrivilegeEscalation"] is False
         assert security["capabilities"]["drop"] == ["ALL"]
         assert {"name": "tmp", "mountPath": "/tmp"} in container(docs, kind)["volumeMounts"]
-    # lkps serve finishes requests for up to 30 s after SIGTERM, after the preStop pause.
-    pause = int(container(docs)["lifecycle"]["preStop"]["exec"]["command"][1])
+    # lkps serve finishes requests for up to 30 s after SIGTERM, after the preStop pause,
+    # which the image's own Python takes (it has no shell and no `sleep`).
+    program, flag, code = container(docs)["lifecycle"]["preStop"]["exec"]["command"]
+    assert (program, flag) == ("python3", "-c")
+    match = re.fullmatch(r"import time; time\.sleep\((\d+)\)", code)
+    assert match is not None, code
+    pause = int(match.group(1))
+    assert pause > 0
     assert pod["terminationGracePeriodSeconds"] > 30 + pause
     keys = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
     assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}

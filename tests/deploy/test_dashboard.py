@@ -18,13 +18,15 @@ pytestmark = pytest.mark.deploy
 
 DASHBOARD = DEPLOY / "grafana" / "lkps-dashboard.json"
 
-# The list: session starts by outcome, latency, agents present, workers,
+# The list: session starts by outcome, latency, agents present, workers and load,
 # audit write latency and failures, JWKS/Graph fetch failures, rate-limit hits, no-shows.
 MUST_SHOW = (
     "lkps_session_starts_total",
     "lkps_http_request_duration_seconds_bucket",
     "lkps_agents_present",
     "lkps_agent_registrations_live",
+    "lkps_gateway_workers",
+    "lkps_gateway_worker_load",
     "lkps_audit_write_seconds_bucket",
     "lkps_audit_write_failures_total",
     "lkps_jwks_fetches_total",

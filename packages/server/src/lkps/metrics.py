@@ -123,3 +123,21 @@ AUDIT_CHAIN_VERIFICATIONS = Counter(
     "Audit chain verifications by result (ok, broken)",
     ["result"],
 )
+# The agent gateway's worker connections (lkps.gateway.metered), counted by the worker
+# process that relays each: `livesum` adds up the live processes (the metrics server
+# drops a dead process's samples). Agents are the authenticated ones (registrations).
+GATEWAY_WORKERS = Gauge(
+    "lkps_gateway_workers",
+    "Worker connections relayed by the agent gateway, by agent and last reported status"
+    " (available; full: WS_FULL or load at/above LKPS_LIVEKIT_AGENT_TARGET_LOAD; draining:"
+    " registration ended, jobs still running)",
+    ["agent", "status"],
+    multiprocess_mode="livesum",
+)
+GATEWAY_WORKER_LOAD = Gauge(
+    "lkps_gateway_worker_load",
+    "Sum of the loads (0-1) the agent gateway's worker connections last reported, by agent"
+    " (divided by lkps_gateway_workers: their mean load)",
+    ["agent"],
+    multiprocess_mode="livesum",
+)

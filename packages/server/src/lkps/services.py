@@ -28,6 +28,7 @@ from lkps.config import ConfigurationError, Settings
 from lkps.errors import ServiceUnavailable
 from lkps.gateway import AgentGateway, GatewayCredentials, GatewayRelay
 from lkps.gateway.live import LiveConnections, new_replica_id
+from lkps.gateway.metered import MeteredObserver
 from lkps.gateway.refusals import AuditedRefusals
 from lkps.gateway.upstream import AiohttpUpstream
 from lkps.identity import AppRoles, JwksCache, TokenValidator
@@ -117,7 +118,7 @@ def build_gateway(
         ),
         connector=upstream,
         refusals=refusals,
-        observer=connections,
+        observer=MeteredObserver(connections, target_load=settings.livekit_agent_target_load),
         register_timeout=settings.agent_gateway_register_timeout_seconds,
         max_message_bytes=settings.agent_gateway_max_message_bytes,
     )

@@ -94,6 +94,12 @@ def livekit_float(value: float) -> float:
     return rounded
 
 
+def reported_load(load: float) -> float:
+    """A worker's reported load as LKPS holds it: within [0, 1], and NaN as 1 (a worker
+    that cannot say how busy it is takes no job on LKPS's account)."""
+    return min(max(load, 0.0), 1.0) if load == load else 1.0
+
+
 def takes_jobs(available: bool, load: float, target_load: float) -> bool:
     """LiveKit's rule for offering a job to a worker (livekit-server `agents.target_load`):
     not WS_FULL, and its load below the target."""

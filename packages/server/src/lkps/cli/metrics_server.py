@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 from lkps.config import ConfigurationError, Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A worker process's samples of `live*` gauges (lkps_gateway_workers): gauge_livesum_<pid>.db.
+LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 
 def prepare_worker_metrics(settings: Settings) -> None:
@@ -24,10 +27,10 @@ def start_metrics_server(settings: Settings) -> None:
 
     registry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
+        from lkps.cli.live_metrics import LiveProcessesCollector
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        LiveProcessesCollector(registry)
     try:
         start_http_server(
             settings.metrics_port, addr=settings.metrics_host or settings.host, registry=registry
@@ -37,3 +40,20 @@ def start_metrics_server(settings: Settings) -> None:
             f"cannot serve metrics on port {settings.metrics_port} ({exc.strerror}); "
             "set LKPS_METRICS_PORT (0 turns metrics off)"
         ) from None
+
+
+def dead_processes(path: str) -> list[int]:
+    """The worker processes that left `live*` gauge samples in `path` and are gone (uvicorn
+    restarts a worker that crashed; a killed one never cleans up)."""
+    pids = {int(m.group(1)) for name in os.listdir(path) if (m := LIVE_GAUGE_FILE.fullmatch(name))}
+    return sorted(pid for pid in pids if not _alive(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True

@@ -43,7 +43,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from lkps.agents.presence import ConnectedWorker, takes_jobs
+from lkps.agents.presence import ConnectedWorker, reported_load, takes_jobs
 from lkps.clock import Clock
 from lkps.errors import ServiceUnavailable
 from lkps.gateway.observer import ENDED_REGISTRATION, WorkerSession, WorkerStatus
@@ -127,7 +127,7 @@ class LiveConnections:
             await self._update(row, worker_id=row.worker_id, registered=True)
 
     async def status(self, worker: WorkerSession, status: WorkerStatus) -> None:
-        load = min(max(status.load, 0.0), 1.0) if status.load == status.load else 1.0
+        load = reported_load(status.load)
         row = self._change(
             worker, available=status.available, load=load, job_count=max(0, status.job_count)
         )
