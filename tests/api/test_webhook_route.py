@@ -158,7 +158,7 @@ async def test_a_store_that_cannot_commit_is_503_and_logged_with_the_request_id(
     }
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "HEAD"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 async def test_other_methods_are_405_allowing_post(lkps: Lkps, method: str) -> None:
     requests = sample("lkps_http_requests_total", method=method, route=WEBHOOK, status="405")
     response = await lkps.http.request(method, WEBHOOK, headers={"X-Request-ID": "m-1"})
