@@ -16,6 +16,7 @@ from lkps import __version__
 from lkps.api import admin, agents, audit, gateway, health, lifecycle, sessions
 from lkps.api.body import JsonBodies
 from lkps.api.cors import CorsMiddleware
+from lkps.api.direct import DirectRoute
 from lkps.api.docs import install_docs
 from lkps.api.errors import install_error_handlers
 from lkps.api.metrics_middleware import MetricsMiddleware
@@ -72,6 +73,9 @@ def create_app(
         app.add_middleware(CorsMiddleware, origins=cors_origins)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    # LiveKit's webhooks, the busiest route: the first route tried, and off FastAPI's
+    # request handler (lkps.api.direct); documented where lifecycle.router is included.
+    app.router.routes.insert(0, DirectRoute.of(lifecycle.router, lifecycle.livekit_webhook))
     for router in (health.router, sessions.router, agents.router, admin.router, audit.router):
         app.include_router(router)
     app.include_router(gateway.router)

@@ -10,7 +10,10 @@ knows them (a registered agent's granted or refused session), never as sent.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -141,3 +144,22 @@ GATEWAY_WORKER_LOAD = Gauge(
     ["agent"],
     multiprocess_mode="livesum",
 )
+
+
+MetricT = TypeVar("MetricT", bound=MetricWrapperBase)
+
+
+class Children(Generic[MetricT]):
+    """`metric.labels(*values)`, each child made once: `.labels()` validates its values
+    and takes a lock on every call, on paths that run thousands of times a second. For
+    bounded label values only (each child is kept)."""
+
+    def __init__(self, metric: MetricT) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], MetricT] = {}
+
+    def __call__(self, *values: str) -> MetricT:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child

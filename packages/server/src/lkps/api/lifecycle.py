@@ -17,7 +17,7 @@ from lkps.api.openapi import error_responses
 from lkps.api.schemas import AgentId, SessionList, SessionStep, SessionView, WebhookAnswer
 from lkps.errors import LKPSError
 from lkps.livekit.webhooks import MAX_WEBHOOK_BYTES
-from lkps.metrics import LIVEKIT_WEBHOOKS
+from lkps.metrics import LIVEKIT_WEBHOOKS, Children
 from lkps.sessions.records import SessionFacts, SessionState
 
 router = APIRouter(tags=["sessions"])
@@ -39,6 +39,7 @@ _EVENTS = frozenset(
         "ingress_ended",
     }
 )
+_webhooks = Children(LIVEKIT_WEBHOOKS)
 MAX_PAGE = 1000
 
 
@@ -55,11 +56,11 @@ async def livekit_webhook(request: Request, services: ServicesDep) -> WebhookAns
         body = await read_limited(request, MAX_WEBHOOK_BYTES)
         event = services.webhooks.verify(body, request.headers.get("authorization"))
     except LKPSError:
-        LIVEKIT_WEBHOOKS.labels("-", "refused").inc()
+        _webhooks("-", "refused").inc()
         raise
     applied = await services.lifecycle.apply(event)
     name = event.event if event.event in _EVENTS else "other"
-    LIVEKIT_WEBHOOKS.labels(name, "applied" if applied else "ignored").inc()
+    _webhooks(name, "applied" if applied else "ignored").inc()
     return WebhookAnswer(applied=applied)
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import Counter, Histogram
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lkps.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from lkps.metrics import HTTP_LATENCY, HTTP_REQUESTS, Children
 
 
 def route_of(scope: Scope) -> str:
@@ -18,23 +17,14 @@ def route_of(scope: Scope) -> str:
     return "unmatched"  # 404s and mounts: one label, whatever the path
 
 
-# Label children by label values: `.labels()` validates and locks on every call. Both
-# stay small, as the labels are bounded (methods, route templates, statuses).
-_requests: dict[tuple[str, str, int], Counter] = {}
-_latencies: dict[tuple[str, str], Histogram] = {}
+# Both stay small, as the labels are bounded (methods, route templates, statuses).
+_requests = Children(HTTP_REQUESTS)
+_latencies = Children(HTTP_LATENCY)
 
 
 def _record(method: str, route: str, status: int, seconds: float) -> None:
-    counter = _requests.get((method, route, status))
-    if counter is None:
-        counter = _requests[method, route, status] = HTTP_REQUESTS.labels(
-            method, route, str(status)
-        )
-    counter.inc()
-    histogram = _latencies.get((method, route))
-    if histogram is None:
-        histogram = _latencies[method, route] = HTTP_LATENCY.labels(method, route)
-    histogram.observe(seconds)
+    _requests(method, route, str(status)).inc()
+    _latencies(method, route).observe(seconds)
 
 
 class MetricsMiddleware:

@@ -9,8 +9,8 @@ objects cost more than the work itself.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +20,12 @@ from lkps.logs import request_id_var
 REQUEST_ID_HEADER = "x-request-id"
 _HEADER = REQUEST_ID_HEADER.encode("latin-1")
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def new_request_id() -> str:
+    """32 lowercase hex characters from the OS's CSPRNG: the shape `uuid4().hex` had,
+    at a quarter of its cost (a `UUID` object built and formatted on every request)."""
+    return os.urandom(16).hex()
 
 
 def request_id_of(scope: Scope) -> str:
@@ -58,7 +64,7 @@ class RequestIdMiddleware:
             if name == _HEADER:
                 incoming = value.decode("latin-1")
                 break
-        request_id = incoming if _ACCEPTABLE_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _ACCEPTABLE_ID.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header_value = request_id.encode("latin-1")
         token = request_id_var.set(request_id)

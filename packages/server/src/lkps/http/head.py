@@ -18,12 +18,11 @@ Two measures, one per limit:
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from lkps.api.middleware import REQUEST_ID_HEADER
+from lkps.api.middleware import REQUEST_ID_HEADER, new_request_id
 from lkps.config import Settings
 
 STATUS = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
@@ -87,7 +86,7 @@ def refusal(message: str, default_headers: Iterable[tuple[bytes, bytes]]) -> byt
     """The whole 431 response, written straight to the socket before the connection is
     closed: the contract's JSON error body under a fresh request id (nothing of the
     refused head is read, so a caller's X-Request-ID is not either)."""
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     body = json.dumps(
         {"error": ERROR_CODE, "message": message, "request_id": request_id},
         separators=(",", ":"),
