@@ -6,12 +6,12 @@ relay's socket shape and answers a refused handshake as LiveKit does (HTTP 401).
 from __future__ import annotations
 
 import contextlib
-import uuid
 
 from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
+from lkps.api.middleware import new_request_id
 from lkps.errors import ServiceUnavailable
 from lkps.gateway import GatewayDenied
 from lkps.gateway.sockets import Closed, Frame
@@ -44,7 +44,7 @@ async def agent_gateway(websocket: WebSocket) -> None:
 
 async def _deny(websocket: WebSocket, status: int, error: str, message: str) -> None:
     """An HTTP answer to the upgrade, with the contract's error body."""
-    body = {"error": error, "message": message, "request_id": uuid.uuid4().hex}
+    body = {"error": error, "message": message, "request_id": new_request_id()}
     headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
     await websocket.send_denial_response(JSONResponse(body, status_code=status, headers=headers))
 
