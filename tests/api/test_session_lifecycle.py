@@ -161,6 +161,41 @@ async def test_repeated_and_out_of_order_events_record_each_step_once(
     assert view["state"] == "ended" and view["final_state"] == "agent_joined"
 
 
+async def test_webhooks_arriving_together_record_each_step_once(
+    lkps: Lkps, clock: FakeClock
+) -> None:
+    """Webhooks that arrive together are applied as one batch (on PostgreSQL, one
+    statement per kind of step): every room's client and agent joins, sent at once with
+    their repeats and events of a room LKPS did not grant, are each applied and recorded
+    once, and each answered."""
+    assert (await lkps.register()).status_code == 200
+    sessions = [
+        (await lkps.start_session(token=lkps.user_token(f"user{index}"))).json()
+        for index in range(6)
+    ]
+    joins = [
+        event("participant_joined", s["room_name"], created=clock.now(), **options)
+        for s in sessions
+        for options in ({"identity": "alice"}, {"identity": "agent-AJ_x", "agent": True})
+    ]
+    stranger = event("participant_joined", "not-granted", created=clock.now(), identity="x")
+
+    answers = await asyncio.gather(*(send(lkps, m) for m in [*joins, stranger, *joins]))
+
+    assert [a.status_code for a in answers] == [200] * len(answers)
+    assert sum(a.json()["applied"] for a in answers) == len(joins)
+    records = await lifecycle_records(lkps)
+    for s in sessions:
+        view = (await read_session(lkps, s["session_id"], auditor(lkps))).json()
+        assert (view["state"], view["job_id"]) == ("agent_joined", "AJ_x")
+        assert sorted(r.event for r in records if r.room_name == s["room_name"]) == [
+            "session.agent_joined",
+            "session.client_joined",
+        ]
+    assert len(records) == len(joins)
+    assert (await lkps.services.audit.verify()).ok
+
+
 async def test_events_of_rooms_lkps_did_not_grant_change_nothing(
     lkps: Lkps, clock: FakeClock
 ) -> None:
