@@ -463,6 +463,39 @@ async def test_one_refused_record_fails_its_own_webhook_only(
     )
 
 
+async def test_one_step_the_store_refuses_fails_its_own_webhook_only(
+    lkps: Lkps, clock: FakeClock, store_sql: StoreSql
+) -> None:
+    """A batch's steps of one kind are one statement on PostgreSQL: the store refusing
+    one room's change fails that statement, and the batch is tried again event by
+    event, so that only that room's webhook fails."""
+    assert (await lkps.register()).status_code == 200
+    sessions = [
+        (await lkps.start_session(token=lkps.user_token(f"user{index}"))).json()
+        for index in range(12)
+    ]
+    refused_room = sessions[5]["room_name"]
+    await store_sql.refuse("refuse_step", "UPDATE", "sessions", f"NEW.room_name = '{refused_room}'")
+    joins = [
+        event("participant_joined", s["room_name"], created=clock.now(), identity="a")
+        for s in sessions
+    ]
+
+    answers = await asyncio.gather(*(send(lkps, message) for message in joins))
+
+    assert_unavailable(answers[5])
+    assert [a.json() for i, a in enumerate(answers) if i != 5] == [{"applied": True}] * 11
+    states = [
+        (await read_session(lkps, s["session_id"], auditor(lkps))).json()["state"] for s in sessions
+    ]
+    assert states == ["client_joined"] * 5 + ["granted"] + ["client_joined"] * 6
+    assert sorted(r.room_name or "" for r in await lifecycle_records(lkps)) == sorted(
+        s["room_name"] for s in sessions if s["room_name"] != refused_room
+    )
+    await store_sql.allow("refuse_step", "sessions")
+    assert (await send(lkps, joins[5])).json() == {"applied": True}
+
+
 # Who may read a session.
 
 
