@@ -7,7 +7,8 @@
 without HTTP: batches of B client joins, each of another granted room, applied with their
 audit records. B applies are started at once, so the step writer finds all B queued and
 commits them as one batch. Reported per event: this process's CPU (its main thread, where
-the event loop runs) and the CPU of this database's PostgreSQL backends. Only APIs main
+the event loop runs) and the CPU of this database's PostgreSQL backends; and the wall
+time per batch. Only APIs main
 has had since the steps were batched are used, so the same script measures either tree.
 """
 
@@ -94,11 +95,11 @@ async def measure(database: str, sizes: list[int], events: int) -> list[dict[str
             await batch(size)  # statements prepared, caches warm
             done = 0
             postgres = procs.PostgresCpu(database).__enter__()
-            cpu = time.thread_time()
+            cpu, wall = time.thread_time(), time.perf_counter()
             while done < events:
                 await batch(size)
                 done += size
-            spent = time.thread_time() - cpu
+            spent, wall = time.thread_time() - cpu, time.perf_counter() - wall
             postgres.__exit__()
             results.append(
                 {
@@ -106,6 +107,8 @@ async def measure(database: str, sizes: list[int], events: int) -> list[dict[str
                     "events": done,
                     "lkps_cpu_ms_per_event": round(1000 * spent / done, 3),
                     "postgres_cpu_ms_per_event": round(1000 * postgres.seconds / done, 3),
+                    # One batch after another: its round trips, on an otherwise idle loop.
+                    "wall_ms_per_batch": round(1000 * wall * size / done, 3),
                 }
             )
             say(f"{results[-1]}")
