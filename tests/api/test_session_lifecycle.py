@@ -161,6 +161,41 @@ async def test_repeated_and_out_of_order_events_record_each_step_once(
     assert view["state"] == "ended" and view["final_state"] == "agent_joined"
 
 
+async def test_webhooks_arriving_together_record_each_step_once(
+    lkps: Lkps, clock: FakeClock
+) -> None:
+    """Webhooks that arrive together are applied as one batch (on PostgreSQL, one
+    statement per kind of step): every room's client and agent joins, sent at once with
+    their repeats and events of a room LKPS did not grant, are each applied and recorded
+    once, and each answered."""
+    assert (await lkps.register()).status_code == 200
+    sessions = [
+        (await lkps.start_session(token=lkps.user_token(f"user{index}"))).json()
+        for index in range(6)
+    ]
+    joins = [
+        event("participant_joined", s["room_name"], created=clock.now(), **options)
+        for s in sessions
+        for options in ({"identity": "alice"}, {"identity": "agent-AJ_x", "agent": True})
+    ]
+    stranger = event("participant_joined", "not-granted", created=clock.now(), identity="x")
+
+    answers = await asyncio.gather(*(send(lkps, m) for m in [*joins, stranger, *joins]))
+
+    assert [a.status_code for a in answers] == [200] * len(answers)
+    assert sum(a.json()["applied"] for a in answers) == len(joins)
+    records = await lifecycle_records(lkps)
+    for s in sessions:
+        view = (await read_session(lkps, s["session_id"], auditor(lkps))).json()
+        assert (view["state"], view["job_id"]) == ("agent_joined", "AJ_x")
+        assert sorted(r.event for r in records if r.room_name == s["room_name"]) == [
+            "session.agent_joined",
+            "session.client_joined",
+        ]
+    assert len(records) == len(joins)
+    assert (await lkps.services.audit.verify()).ok
+
+
 async def test_events_of_rooms_lkps_did_not_grant_change_nothing(
     lkps: Lkps, clock: FakeClock
 ) -> None:
@@ -426,6 +461,39 @@ async def test_one_refused_record_fails_its_own_webhook_only(
     assert sorted(r.room_name or "" for r in await lifecycle_records(lkps)) == sorted(
         s["room_name"] for s in sessions[1:]
     )
+
+
+async def test_one_step_the_store_refuses_fails_its_own_webhook_only(
+    lkps: Lkps, clock: FakeClock, store_sql: StoreSql
+) -> None:
+    """A batch's steps of one kind are one statement on PostgreSQL: the store refusing
+    one room's change fails that statement, and the batch is tried again event by
+    event, so that only that room's webhook fails."""
+    assert (await lkps.register()).status_code == 200
+    sessions = [
+        (await lkps.start_session(token=lkps.user_token(f"user{index}"))).json()
+        for index in range(12)
+    ]
+    refused_room = sessions[5]["room_name"]
+    await store_sql.refuse("refuse_step", "UPDATE", "sessions", f"NEW.room_name = '{refused_room}'")
+    joins = [
+        event("participant_joined", s["room_name"], created=clock.now(), identity="a")
+        for s in sessions
+    ]
+
+    answers = await asyncio.gather(*(send(lkps, message) for message in joins))
+
+    assert_unavailable(answers[5])
+    assert [a.json() for i, a in enumerate(answers) if i != 5] == [{"applied": True}] * 11
+    states = [
+        (await read_session(lkps, s["session_id"], auditor(lkps))).json()["state"] for s in sessions
+    ]
+    assert states == ["client_joined"] * 5 + ["granted"] + ["client_joined"] * 6
+    assert sorted(r.room_name or "" for r in await lifecycle_records(lkps)) == sorted(
+        s["room_name"] for s in sessions if s["room_name"] != refused_room
+    )
+    await store_sql.allow("refuse_step", "sessions")
+    assert (await send(lkps, joins[5])).json() == {"applied": True}
 
 
 # Who may read a session.

@@ -1,6 +1,6 @@
 """A granted session followed to its end, from LiveKit's webhooks.
 
-Each step (client joined, agent joined, ended, reopened) is one conditional UPDATE in
+Each step (client joined, agent joined, ended, reopened) is a conditional UPDATE in
 the store (`lkps.store.sessions`): the replica whose statement changed the row writes
 the step's audit record, so events that repeat, arrive late or reach several replicas
 are recorded once. A step and its record are committed in one transaction
@@ -10,9 +10,12 @@ and the webhook is answered 503, so that LiveKit's retry applies it with its rec
 Steps are group-committed, as the audit writer commits records (`lkps.batches`): the
 events that arrived while the previous batch was being committed are applied in one
 transaction, with one append of their records and one commit, instead of a statement,
-a commit and a wait for the audit writer each. Each webhook is answered once its batch
-is committed. A batch the store refused is committed again one event at a time, so
-that one event's fault fails that event's webhook alone.
+a commit and a wait for the audit writer each; on PostgreSQL, the batch's steps of one
+kind are one statement for all their rows (the rows locked first, in room order; a room
+that comes twice goes in successive statements: `lkps.store.sessions.apply_steps`).
+Each webhook is answered once its batch is committed. A batch the store refused is
+committed again one event at a time, so that one event's fault fails that event's
+webhook alone.
 
 No-shows are found by a background job scanning the store (not a timer in one process:
 the client's join may reach any replica, and that replica may stop): a session whose
@@ -33,7 +36,7 @@ from typing import Any
 
 from livekit.protocol.models import ParticipantInfo
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from lkps.audit import AuditEntry, AuditEvent, AuditLog, Outcome
 from lkps.audit.log import AuditUnavailable
@@ -52,6 +55,7 @@ from lkps.metrics import (
 from lkps.sessions.records import SessionFacts
 from lkps.store import Database
 from lkps.store import sessions as store
+from lkps.store.sessions import SessionStep, StepKind
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +131,9 @@ class SessionLifecycle:
     async def _commit(self, batch: list[_Pending]) -> None:
         """Commit `batch`'s steps with their records and answer each webhook. Never
         raises: a writer that died would leave every later webhook waiting."""
-        # Rows are locked in room order, whatever the events' order, so that two
-        # replicas' batches never wait for each other's rows; one room's steps keep
-        # the order they came in (a stable sort).
+        # Applied and recorded in room order, whatever the events' order; one room's
+        # steps keep the order they came in (a stable sort). The store locks their rows
+        # in room order, so that two replicas' batches never wait for each other's rows.
         batch = sorted(batch, key=lambda pending: pending[0].room)
         try:
             applied = await self._write([step for step, _ in batch])
@@ -158,15 +162,15 @@ class SessionLifecycle:
             if not future.done():
                 future.set_result(done is not None)
 
-    async def _write(self, steps: list[_Step]) -> list[_Applied | None]:
+    async def _write(self, steps: list[SessionStep]) -> list[_Applied | None]:
         """Apply `steps` in order, and store the records of those that changed a
         session, in one transaction."""
 
         async def change(
             session: AsyncSession,
         ) -> tuple[list[_Applied | None], list[AuditEntry]]:
-            connection = await session.connection()
-            applied = [await _apply(connection, step) for step in steps]
+            changed = await store.apply_steps(await session.connection(), steps)
+            applied = [_applied(step, facts) for step, facts in zip(steps, changed, strict=True)]
             entries = [
                 self._entry(done.event, done.facts, details=done.details)
                 for done in applied
@@ -308,19 +312,6 @@ class SessionLifecycle:
 
 
 @dataclass(frozen=True, slots=True)
-class _Step:
-    """One event's step, queued for the step writer."""
-
-    event: str
-    room: str
-    room_sid: str | None
-    identity: str
-    sid: str
-    agent: bool
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class _Applied:
     """A step that changed its session, and what its record says."""
 
@@ -329,10 +320,10 @@ class _Applied:
     details: dict[str, Any]
 
 
-_Pending = tuple[_Step, "asyncio.Future[bool]"]
+_Pending = tuple[SessionStep, "asyncio.Future[bool]"]
 
 
-def _step_of(event: WebhookFacts, now: datetime) -> _Step | None:
+def _step_of(event: WebhookFacts, now: datetime) -> SessionStep | None:
     """The step an event may make; None for one that moves no session: an event LKPS
     does not follow, a room without a name (or a start without its id), a participant
     that is neither a client nor an agent (egress, ingress, SIP)."""
@@ -342,36 +333,38 @@ def _step_of(event: WebhookFacts, now: datetime) -> _Step | None:
         return None
     if event.event == "participant_joined" and event.kind not in _PARTICIPANTS:
         return None
-    return _Step(
-        event=event.event,
+    job_id = None
+    if event.event == "room_started":
+        kind = StepKind.ROOM_STARTED
+    elif event.event == "room_finished":
+        kind = StepKind.ENDED
+    elif event.agent:
+        kind = StepKind.AGENT_JOINED
+        match = _JOB_IN_IDENTITY.fullmatch(event.identity)
+        job_id = match.group(1) if match else None
+    else:
+        kind = StepKind.CLIENT_JOINED
+    return SessionStep(
+        kind=kind,
         room=event.room_name,
         room_sid=event.room_sid or None,
+        now=now,
         identity=event.identity,
         sid=event.participant_sid,
-        agent=event.agent,
-        at=now,
+        job=job_id,
     )
 
 
-async def _apply(connection: AsyncConnection, step: _Step) -> _Applied | None:
-    """`step`, applied on `connection`: what it changed, or None (applied before, or a
-    room LKPS did not grant)."""
+def _applied(step: SessionStep, facts: SessionFacts | None) -> _Applied | None:
+    """What `step` changed (`facts`, the row after it; None: nothing, as it was applied
+    before or its room is not one LKPS granted), and what its record says."""
+    if facts is None:
+        return None
     details: dict[str, Any]
-    if step.event == "room_started":
-        assert step.room_sid is not None  # see `_step_of`
-        facts = await store.reopened(connection, step.room, room_sid=step.room_sid, now=step.at)
-        if facts is None:
-            await store.note_room(connection, step.room, step.room_sid)
-            return None
-        details = {
-            "room_sid": step.room_sid,
-            "original_room_sid": facts.room_sid,
-        }
+    if step.kind == StepKind.ROOM_STARTED:
+        details = {"room_sid": step.room_sid, "original_room_sid": facts.room_sid}
         return _Applied(AuditEvent.SESSION_REOPENED, facts, details)
-    if step.event == "room_finished":
-        facts = await store.ended(connection, step.room, room_sid=step.room_sid, now=step.at)
-        if facts is None:
-            return None
+    if step.kind == StepKind.ENDED:
         details = {
             "final_state": facts.final_state,
             "duration_seconds": facts.duration_seconds,
@@ -379,38 +372,15 @@ async def _apply(connection: AsyncConnection, step: _Step) -> _Applied | None:
             "redispatched": facts.no_show_stage > 0,
         }
         return _Applied(AuditEvent.SESSION_ENDED, facts, details)
-    if step.agent:
-        match = _JOB_IN_IDENTITY.fullmatch(step.identity)
-        job_id = match.group(1) if match else None
-        facts = await store.agent_joined(
-            connection,
-            step.room,
-            identity=step.identity,
-            sid=step.sid,
-            job_id=job_id,
-            room_sid=step.room_sid,
-            now=step.at,
-        )
-        if facts is None:
-            return None
+    if step.kind == StepKind.AGENT_JOINED:
         details = {
             "participant_identity": step.identity,
             "participant_sid": step.sid,
-            "job_id": job_id,
+            "job_id": step.job,
             "after_redispatch": facts.no_show_stage > 0,
             "seconds_since_grant": facts.grant_to_agent_seconds,
         }
         return _Applied(AuditEvent.SESSION_AGENT_JOINED, facts, details)
-    facts = await store.client_joined(
-        connection,
-        step.room,
-        identity=step.identity,
-        sid=step.sid,
-        room_sid=step.room_sid,
-        now=step.at,
-    )
-    if facts is None:
-        return None
     details = {"participant_identity": step.identity, "participant_sid": step.sid}
     return _Applied(AuditEvent.SESSION_CLIENT_JOINED, facts, details)
 
