@@ -240,6 +240,8 @@ def main() -> int:
         say(f"PostgreSQL: {ensure_postgres()}")
         with contextlib.ExitStack() as stack:
             database = stack.enter_context(bench_database())
+            # LKPS stops before its database is dropped (its shutdown writes a checkpoint).
+            stack.callback(children.stop_all)
             entra = EntraDouble()
             entra_server = stack.enter_context(ServerThread(entra.asgi_app()))
             ids = make_identities(entra, entra_server.url, out)
