@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from lkps.sessions.records import SessionFacts, SessionGrant
 from lkps.store import Database
 from lkps.store.models import SessionRow
-from lkps.store.sessions import SessionStep, StepKind, apply_steps, find_session
+from lkps.store.sessions import (
+    SessionStep,
+    StepKind,
+    apply_steps,
+    claim_no_shows,
+    find_session,
+)
 from tests.backends import TestDatabase
 
 pytestmark = pytest.mark.e2e
@@ -269,3 +275,31 @@ async def test_two_replicas_batches_over_the_same_rooms_in_opposite_orders_never
 
     assert [facts is not None for facts in first] == [True, True, True]
     assert [facts is not None for facts in second] == [True, True]
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_no_show_claim_skips_a_row_a_batch_holds_and_takes_it_at_the_next_scan(
+    db: Database,
+) -> None:
+    # Three sessions whose client joined long ago, and no agent: all due. A batch of steps
+    # holds b (its agent joining). The claim takes a and c without waiting for b, which
+    # it would otherwise hold its a while waiting for: the start of a deadlock with a
+    # batch that locks a after b.
+    await granted(db, "a", "b", "c", state="client_joined", client_joined_at=T0)
+    due = T0 + timedelta(seconds=10)
+
+    async def claim() -> list[str]:
+        async with db.engine.begin() as connection:
+            claimed = await claim_no_shows(connection, joined_before=due, now=due, limit=100)
+        return sorted(facts.room_name for facts in claimed)
+
+    async with db.engine.connect() as holder:
+        transaction = await holder.begin()
+        await holder.execute(
+            select(SessionRow.room_name).where(SessionRow.room_name == "b").with_for_update()
+        )
+        first = await asyncio.wait_for(claim(), 60)
+        await transaction.commit()
+    assert first == ["a", "c"]
+    assert await claim() == ["b"]
+    assert await claim() == []

@@ -438,7 +438,14 @@ async def claim_no_shows(
 ) -> list[SessionFacts]:
     """Sessions whose client joined before `joined_before` and whose agent has not:
     marked agent-missing (stage 1) by this one statement, so one replica alone handles
-    each."""
+    each.
+
+    A row another transaction holds (a batch of steps: the agent may be joining right
+    now) is skipped, not waited for, and left to the next scan: a claim that waited
+    would hold the rows it had already taken, in its plan's order, and a batch locking
+    its rooms in room order could be waiting for one of them (a deadlock, found by
+    PostgreSQL after a second and ending in the batch's events retried one by one).
+    SQLite has no row locks (its writers take turns), and no such clause."""
     waiting = (
         select(SessionRow.session_id)
         .where(
@@ -447,6 +454,7 @@ async def claim_no_shows(
             SessionRow.no_show_stage == 0,
         )
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return await _update_returning(
         connection,
@@ -464,7 +472,8 @@ async def claim_retry_no_shows(
     connection: AsyncConnection, *, missing_before: datetime, limit: int
 ) -> list[SessionFacts]:
     """Sessions re-dispatched before `missing_before` whose agent still has not joined:
-    stage 2, once, by one replica."""
+    stage 2, once, by one replica; rows held elsewhere are skipped, as in
+    `claim_no_shows`."""
     waiting = (
         select(SessionRow.session_id)
         .where(
@@ -473,6 +482,7 @@ async def claim_retry_no_shows(
             SessionRow.agent_missing_at <= missing_before,
         )
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return await _update_returning(
         connection,
