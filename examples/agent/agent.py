@@ -125,13 +125,17 @@ async def entrypoint(ctx: JobContext) -> None:
     for publication in client.track_publications.values():  # published before we joined
         if publication.track is not None:
             on_track(publication.track, publication, client)
-    # Stay until the client leaves (the job, and the agent's seat, end with the entrypoint).
-    left = asyncio.Event()
+    # Stay until the client leaves or the room ends, then end the job. Returning alone
+    # would keep the agent in the room: livekit-agents ends a job on `ctx.shutdown()` or
+    # when its room goes, and then gives the entrypoint 15 s to return.
+    over = asyncio.Event()
     ctx.room.on(
         "participant_disconnected",
-        lambda participant: left.set() if participant.identity == client.identity else None,
+        lambda participant: over.set() if participant.identity == client.identity else None,
     )
-    await left.wait()
+    ctx.room.on("disconnected", lambda *_: over.set())
+    await over.wait()
+    ctx.shutdown(reason="the client left")
 
 
 async def _echo(room: rtc.Room, track: rtc.Track) -> None:
