@@ -19,7 +19,6 @@ import asyncio
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procs
 from run import bench_database, ensure_postgres, say, sqlalchemy_url
+from webhooks import copy_grants, grant_of
 
 from lkps.audit import AuditLog
 from lkps.clock import SystemClock
 from lkps.livekit.webhooks import WebhookFacts
 from lkps.sessions.lifecycle import SessionLifecycle
-from lkps.sessions.records import SessionGrant
 from lkps.store import Database
-from lkps.store.audit import GRANTED_SESSION_COLUMNS
 
 
 async def granted_rooms(url: str, count: int) -> list[str]:
     """`count` granted sessions, straight into the store; their rooms."""
-    now = datetime.now(UTC)
     rooms = [f"bench-{index}-{uuid.uuid4().hex[:8]}" for index in range(count)]
-    grants = [
-        SessionGrant(
-            session_id=str(uuid.uuid4()),
-            room_name=room,
-            agent_id="agent",
-            via="session",
-            actor_tenant_id="tenant",
-            actor_object_id="object",
-            actor_cwid="cwid",
-            client_app_id="client",
-            app_only=False,
-            dispatch_metadata="",
-            granted_at=now,
-        ).row()
-        for room in rooms
-    ]
-    rows = [tuple(grant[name] for name in GRANTED_SESSION_COLUMNS) for grant in grants]
+    grants = [grant_of(str(uuid.uuid4()), room, "agent", "0") for room in rooms]
     connection = await asyncpg.connect(url.replace("+asyncpg", ""))
     try:
-        await connection.copy_records_to_table(
-            "sessions", records=rows, columns=list(GRANTED_SESSION_COLUMNS)
-        )
+        await copy_grants(connection, grants)
         await connection.execute("ANALYZE sessions")
     finally:
         await connection.close()

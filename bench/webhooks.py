@@ -58,29 +58,49 @@ from run import (
     wait_ready,
 )
 
+from lkps.sessions.records import SessionGrant
 from lkps.store.audit import GRANTED_SESSION_COLUMNS
 from lkps_testkit import EntraDouble, ServerThread
 from lkps_testkit.livekit.webhooks import webhook_body, webhook_event, webhook_signature
 
 
+def grant_of(session_id: str, room: str, agent_id: str, user: str) -> SessionGrant:
+    """A session granted to `user` for `agent_id` in `room`, as a session start grants it."""
+    return SessionGrant(
+        session_id=session_id,
+        room_name=room,
+        agent_id=agent_id,
+        via="start",
+        actor_tenant_id="bench-tenant",
+        actor_object_id=f"user-{user}",
+        actor_cwid=f"user{user}",
+        client_app_id="bench-client",
+        app_only=False,
+        dispatch_metadata="",
+        granted_at=datetime.now(UTC),
+    )
+
+
+async def copy_grants(connection: asyncpg.Connection, grants: list[SessionGrant]) -> None:
+    """`grants`' session rows, straight into the store, with the columns the audit writer
+    stores them with."""
+    rows = [
+        tuple(row[name] for name in GRANTED_SESSION_COLUMNS)
+        for row in map(SessionGrant.row, grants)
+    ]
+    await connection.copy_records_to_table(
+        "sessions", records=rows, columns=list(GRANTED_SESSION_COLUMNS)
+    )
+
+
 async def insert_sessions(database: str, agent_id: str, count: int) -> list[tuple[str, str]]:
     """`count` granted sessions, straight into the store: (session id, room name)."""
-    now = datetime.now(UTC)
-    rows = [
-        (
+    grants = [
+        grant_of(
             str(uuid.uuid4()),
             f"bench-{agent_id}-{index}-{uuid.uuid4().hex[:8]}",
             agent_id,
-            "granted",
-            "start",
-            "bench-tenant",
-            f"user-{index}",
-            f"user{index}",
-            "bench-client",
-            False,
-            "",
-            now,
-            0,
+            str(index),
         )
         for index in range(count)
     ]
@@ -88,16 +108,12 @@ async def insert_sessions(database: str, agent_id: str, count: int) -> list[tupl
         host=PG_HOST, port=PG_PORT, user=PG_USER, password=PG_PASSWORD, database=database
     )
     try:
-        await connection.copy_records_to_table(
-            "sessions",
-            records=rows,
-            columns=list(GRANTED_SESSION_COLUMNS),
-        )
+        await copy_grants(connection, grants)
         states = await connection.fetch("SELECT state, count(*) FROM sessions GROUP BY state")
         say(f"sessions inserted: {dict((r[0], r[1]) for r in states)}")
     finally:
         await connection.close()
-    return [(row[0], row[1]) for row in rows]
+    return [(grant.session_id, grant.room_name) for grant in grants]
 
 
 def one_line(room: str, kind: str, key: str, secret: str, **options: Any) -> str:

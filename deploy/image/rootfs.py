@@ -99,6 +99,15 @@ class RootFilesystem:
         parent, name = os.path.split(path)
         return self.dest / os.path.realpath(parent).lstrip("/") / name
 
+    @staticmethod
+    def copy_link(path: str, target: Path) -> str:
+        """The link `path` made again at `target`; the path it names (which the caller
+        copies as well)."""
+        link = os.readlink(path)
+        if not os.path.lexists(target):
+            os.symlink(link, target)
+        return os.path.join(os.path.dirname(path), link)
+
     def add(self, path: str) -> None:
         """Copy `path`: a file, a link and its target, or a directory and all it holds."""
         path = os.path.normpath(path)
@@ -108,10 +117,7 @@ class RootFilesystem:
         self.add_directory(os.path.dirname(path))
         target = self.place(path)
         if os.path.islink(path):
-            link = os.readlink(path)
-            if not os.path.lexists(target):
-                os.symlink(link, target)
-            self.add(os.path.join(os.path.dirname(path), link))
+            self.add(self.copy_link(path, target))
         elif os.path.isdir(path):
             target.mkdir(exist_ok=True)
             shutil.copystat(path, target)
@@ -130,10 +136,7 @@ class RootFilesystem:
         self.add_directory(os.path.dirname(path))
         target = self.place(path)
         if os.path.islink(path):
-            link = os.readlink(path)
-            if not os.path.lexists(target):
-                os.symlink(link, target)
-            self.add_directory(os.path.normpath(os.path.join(os.path.dirname(path), link)))
+            self.add_directory(os.path.normpath(self.copy_link(path, target)))
         else:
             target.mkdir(exist_ok=True)
             shutil.copystat(path, target)
